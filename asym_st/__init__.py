@@ -1,0 +1,53 @@
+"""asym-st: asymmetric dense retrievers on sentence-transformers.
+
+A large document tower encodes the corpus offline; a small query tower, often a few layers of the same teacher,
+encodes each query online in the same embedding space. Models are plain ``SentenceTransformer`` objects with a
+built-in ``Router``, so they load without asym-st installed.
+"""
+
+from asym_st.modeling import (
+    DOCUMENT_ROUTE,
+    QUERY_ROUTE,
+    AsymmetricModelRecord,
+    IncompatibleTowersError,
+    NotASentenceTransformerError,
+    QueryTowerConfig,
+    assemble_asymmetric_model,
+    build_asymmetric_model,
+    extract_tower,
+    fingerprint_modules,
+    freeze_tower,
+    index_is_compatible,
+    is_asymmetric,
+    load_asymmetric_model,
+    resolve_layers,
+    save_asymmetric_model,
+    save_tower,
+    tower_modules,
+)
+from asym_st.utils import OutputExistsError
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "__version__",
+    "DOCUMENT_ROUTE",
+    "QUERY_ROUTE",
+    "AsymmetricModelRecord",
+    "IncompatibleTowersError",
+    "NotASentenceTransformerError",
+    "OutputExistsError",
+    "QueryTowerConfig",
+    "assemble_asymmetric_model",
+    "build_asymmetric_model",
+    "extract_tower",
+    "fingerprint_modules",
+    "freeze_tower",
+    "index_is_compatible",
+    "is_asymmetric",
+    "load_asymmetric_model",
+    "resolve_layers",
+    "save_asymmetric_model",
+    "save_tower",
+    "tower_modules",
+]

@@ -1,0 +1,27 @@
+"""Data: query sources, BEIR collections with validation, the on-disk embedding cache."""
+
+from asym_st.data.beir import (
+    BeirFormatError,
+    RetrievalDataset,
+    available_splits,
+    default_cache_dir,
+    document_text,
+    load_beir,
+)
+from asym_st.data.cache import EmbeddingCache, texts_hash
+from asym_st.data.queries import QueryFileError, QuerySet, clean_queries, read_query_file
+
+__all__ = [
+    "BeirFormatError",
+    "RetrievalDataset",
+    "available_splits",
+    "default_cache_dir",
+    "document_text",
+    "load_beir",
+    "EmbeddingCache",
+    "texts_hash",
+    "QueryFileError",
+    "QuerySet",
+    "clean_queries",
+    "read_query_file",
+]
