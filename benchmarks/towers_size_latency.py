@@ -42,7 +42,9 @@ def main() -> None:
     layers = [int(x) for x in args.layers.split(",")]
     model = build_asymmetric_model(args.teacher, QueryTowerConfig(layers=layers), device="cpu")
     queries = read_query_file(args.queries, limit=args.num_queries)
-    config = LatencyConfig(batch_sizes=(1, 32), num_queries=args.num_queries, repeats=args.repeats, threads=args.threads)
+    config = LatencyConfig(
+        batch_sizes=(1, 32), num_queries=args.num_queries, repeats=args.repeats, threads=args.threads
+    )
 
     rows = {}
     with tempfile.TemporaryDirectory() as tmp:
@@ -50,7 +52,11 @@ def main() -> None:
         for route in ("query", "document"):
             # Time each tower as a standalone model, so the Router adds nothing to either side.
             tower = extract_tower(model, route)
-            name = f"{len(layers)}-layer query tower" if route == "query" else f"teacher ({model.asym_st_record.teacher_num_layers} layers)"
+            name = (
+                f"{len(layers)}-layer query tower"
+                if route == "query"
+                else f"teacher ({model.asym_st_record.teacher_num_layers} layers)"
+            )
             latency = measure_latency(tower, queries.texts, config, name=name)
             rows[route] = {
                 "name": name,
@@ -63,9 +69,8 @@ def main() -> None:
         for b, b_teacher in zip(rows["query"]["latency"], rows["document"]["latency"], strict=True)
     }
     result = {
-        "command": "python benchmarks/towers_size_latency.py " + " ".join(
-            f"--{k.replace('_', '-')} {v}" for k, v in vars(args).items() if v is not None
-        ),
+        "command": "python benchmarks/towers_size_latency.py "
+        + " ".join(f"--{k.replace('_', '-')} {v}" for k, v in vars(args).items() if v is not None),
         "teacher": args.teacher,
         "query_layers": layers,
         "queries": queries.report(),
@@ -98,8 +103,12 @@ def _markdown(result: dict) -> str:
             f"| {row['name']} | {row['parameters'] / 1e6:.1f}M | {row['safetensors_mb']} | {b1['p50_ms']} | "
             f"{b1['p95_ms']} | {b1['tokenize_p50_ms']} | {b32['queries_per_second']} |"
         )
-    lines += ["", f"Speed-up of the query tower (teacher p50 / tower p50): batch 1 ×{result['speedup_p50']['1']}, "
-              f"batch 32 ×{result['speedup_p50']['32']}.", ""]
+    lines += [
+        "",
+        f"Speed-up of the query tower (teacher p50 / tower p50): batch 1 ×{result['speedup_p50']['1']}, "
+        f"batch 32 ×{result['speedup_p50']['32']}.",
+        "",
+    ]
     return "\n".join(lines)
 
 

@@ -51,7 +51,9 @@ def tiny_wide_path(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def tiny_cased_path(tmp_path_factory) -> Path:
     """A model with a different (cased) vocabulary: its tokenizer is incompatible with the teacher's."""
-    return make_tiny_sentence_transformer(tmp_path_factory.mktemp("tiny_cased"), layers=2, hidden=32, cased=True, seed=2)
+    return make_tiny_sentence_transformer(
+        tmp_path_factory.mktemp("tiny_cased"), layers=2, hidden=32, cased=True, seed=2
+    )
 
 
 @pytest.fixture(scope="session")

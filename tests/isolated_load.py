@@ -50,9 +50,7 @@ def encode_without_asym_st(model_path: str | Path, texts: list[str], repo_root: 
         .replace("MODEL", repr(str(model_path)))
         .replace("TEXTS", repr(json.dumps(texts)))
     )
-    completed = subprocess.run(
-        [sys.executable, "-c", script], capture_output=True, text=True, timeout=600, cwd="/"
-    )
+    completed = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=600, cwd="/")
     if completed.returncode != 0:
         raise AssertionError(f"isolated load failed:\n{completed.stdout[-2000:]}\n{completed.stderr[-4000:]}")
     line = next(line for line in completed.stdout.splitlines() if line.startswith("RESULT"))

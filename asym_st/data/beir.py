@@ -76,7 +76,9 @@ class RetrievalDataset:
             digest.update(b"\x01")
         return digest.hexdigest()
 
-    def subsample(self, max_queries: int | None = None, max_documents: int | None = None, seed: int = 0) -> RetrievalDataset:
+    def subsample(
+        self, max_queries: int | None = None, max_documents: int | None = None, seed: int = 0
+    ) -> RetrievalDataset:
         """A smaller collection for quick runs: the first ``max_queries`` queries (sorted by id, seeded shuffle)
         and a corpus that keeps every judged document of those queries plus random others up to
         ``max_documents``."""
@@ -120,7 +122,9 @@ def _read_jsonl(path: Path, required: tuple[str, ...]) -> list[tuple[int, dict]]
                 raise BeirFormatError(f"{path}, line {number}: expected a JSON object.")
             missing = [name for name in required if name not in record]
             if missing:
-                raise BeirFormatError(f"{path}, line {number}: missing field {missing[0]!r} (fields: {sorted(record)}).")
+                raise BeirFormatError(
+                    f"{path}, line {number}: missing field {missing[0]!r} (fields: {sorted(record)})."
+                )
             rows.append((number, record))
     return rows
 
@@ -191,7 +195,9 @@ def _read_qrels(path: Path, corpus: dict, queries: dict, report: dict[str, int])
         qrels.setdefault(query_id, {})[doc_id] = score
     if unknown_queries:
         report["qrels_unknown_queries"] = len(unknown_queries)
-        logger.warning("%s: %d judged query ids are not in queries.jsonl; their qrels are dropped.", path, len(unknown_queries))
+        logger.warning(
+            "%s: %d judged query ids are not in queries.jsonl; their qrels are dropped.", path, len(unknown_queries)
+        )
     if unknown_documents:
         report["qrels_unknown_documents"] = unknown_documents
         logger.warning("%s: %d qrels name documents missing from corpus.jsonl; dropped.", path, unknown_documents)
@@ -207,7 +213,9 @@ def _unpack_zip(path: Path, cache_dir: Path | None) -> Path:
         corpus_members = [n for n in archive.namelist() if n.endswith("corpus.jsonl")]
         if not corpus_members:
             raise BeirFormatError(f"{path} is not a BEIR zip: it has no corpus.jsonl.")
-        digest = hashlib.sha256(f"{path.resolve()}|{path.stat().st_size}|{path.stat().st_mtime_ns}".encode()).hexdigest()[:16]
+        digest = hashlib.sha256(
+            f"{path.resolve()}|{path.stat().st_size}|{path.stat().st_mtime_ns}".encode()
+        ).hexdigest()[:16]
         target = (cache_dir or default_cache_dir()) / "beir" / f"{path.stem}-{digest}"
         if not target.is_dir():
             with atomic_directory(target) as tmp:
@@ -241,7 +249,14 @@ def load_beir(
     if not path.is_dir():
         raise BeirFormatError(f"BEIR source {source} is neither a folder nor a .zip.")
     splits = available_splits(path)
-    qrels_path = next((path / "qrels" / f"{split}{ext}" for ext in (".tsv", ".jsonl") if (path / "qrels" / f"{split}{ext}").is_file()), None)
+    qrels_path = next(
+        (
+            path / "qrels" / f"{split}{ext}"
+            for ext in (".tsv", ".jsonl")
+            if (path / "qrels" / f"{split}{ext}").is_file()
+        ),
+        None,
+    )
     if qrels_path is None:
         raise BeirFormatError(f"{path}: no qrels for split {split!r}; available splits: {splits or 'none'}.")
     report: dict[str, int] = {}
@@ -252,5 +267,11 @@ def load_beir(
         raise BeirFormatError(f"{qrels_path}: no judgement names a known query and document.")
     queries = {q: all_queries[q] for q in all_queries if q in qrels}
     return RetrievalDataset(
-        name=name or path.name, split=split, corpus=corpus, queries=queries, qrels=qrels, source=str(path), report=report
+        name=name or path.name,
+        split=split,
+        corpus=corpus,
+        queries=queries,
+        qrels=qrels,
+        source=str(path),
+        report=report,
     )

@@ -183,9 +183,13 @@ class EmbeddingCache:
         if cached is not None:
             logger.info("Embedding cache hit: %d %s embeddings (%s).", len(texts), route, key)
             return cached
-        return self._encode_into_cache(model, texts, route, key, expected, batch_size, chunk_size, show_progress_bar, description, dtype)
+        return self._encode_into_cache(
+            model, texts, route, key, expected, batch_size, chunk_size, show_progress_bar, description, dtype
+        )
 
-    def _encode_into_cache(self, model, texts, route, key, meta, batch_size, chunk_size, show_progress_bar, description, dtype):
+    def _encode_into_cache(
+        self, model, texts, route, key, meta, batch_size, chunk_size, show_progress_bar, description, dtype
+    ):
         encode = model.encode_query if route == "query" else model.encode_document
         dimension = int(encode(texts[:1], convert_to_numpy=True).shape[-1])
         self.root.mkdir(parents=True, exist_ok=True)
@@ -194,10 +198,14 @@ class EmbeddingCache:
         tmp_path = Path(tmp)
         try:
             out = np.lib.format.open_memmap(tmp_path, mode="w+", dtype=dtype, shape=(len(texts), dimension))
-            progress = tqdm(total=len(texts), desc=description or f"encoding {route}s", unit="text", disable=not show_progress_bar)
+            progress = tqdm(
+                total=len(texts), desc=description or f"encoding {route}s", unit="text", disable=not show_progress_bar
+            )
             for start in range(0, len(texts), chunk_size):
                 chunk = list(texts[start : start + chunk_size])
-                out[start : start + len(chunk)] = encode(chunk, batch_size=batch_size, convert_to_numpy=True, show_progress_bar=False)
+                out[start : start + len(chunk)] = encode(
+                    chunk, batch_size=batch_size, convert_to_numpy=True, show_progress_bar=False
+                )
                 progress.update(len(chunk))
             progress.close()
             out.flush()

@@ -43,7 +43,9 @@ class QueryTowerConfig:
 
     def __post_init__(self) -> None:
         if self.strategy not in LAYER_STRATEGIES:
-            raise ValueError(f"QueryTowerConfig.strategy={self.strategy!r}; choose one of {', '.join(LAYER_STRATEGIES)}.")
+            raise ValueError(
+                f"QueryTowerConfig.strategy={self.strategy!r}; choose one of {', '.join(LAYER_STRATEGIES)}."
+            )
         if self.layers is not None:
             self.strategy = "explicit"
 

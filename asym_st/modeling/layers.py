@@ -72,7 +72,9 @@ def _validate_explicit(chosen: list[int], given: list[int], depth: int) -> None:
         raise ValueError("The query tower needs at least one layer; the explicit layer list is empty.")
     bad = [g for g, c in zip(given, chosen, strict=True) if not 0 <= c < depth]
     if bad:
-        raise ValueError(f"Layer indices {bad} are out of range for a teacher with {depth} layers (valid: 0..{depth - 1}).")
+        raise ValueError(
+            f"Layer indices {bad} are out of range for a teacher with {depth} layers (valid: 0..{depth - 1})."
+        )
     duplicates = sorted({c for c in chosen if chosen.count(c) > 1})
     if duplicates:
         raise ValueError(f"Layer indices are duplicated: {duplicates} (given {given}).")

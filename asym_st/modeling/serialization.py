@@ -68,7 +68,11 @@ def save_tower(model: SentenceTransformer, route: str, path: str | os.PathLike, 
     document tower can be matched to asymmetric models by fingerprint.
     """
     tower = extract_tower(model, route, copy_modules=False)
-    record = AsymmetricModelRecord.from_dict(refresh_record(model).to_dict()) if is_asymmetric(model) else AsymmetricModelRecord()
+    record = (
+        AsymmetricModelRecord.from_dict(refresh_record(model).to_dict())
+        if is_asymmetric(model)
+        else AsymmetricModelRecord()
+    )
     record.extra["tower"] = route
     with atomic_directory(path, overwrite=overwrite) as tmp:
         tower.save(str(tmp))

@@ -233,7 +233,9 @@ def _encoder_tower(config: QueryTowerConfig, teacher_modules: list[nn.Module], t
         encoder_model = SentenceTransformer(name, trust_remote_code=trust_remote_code)
         modules = [m for m in tower_modules(encoder_model, QUERY_ROUTE) if not isinstance(m, Normalize)]
     else:
-        transformer = Transformer(name, model_kwargs={"trust_remote_code": trust_remote_code} if trust_remote_code else None)
+        transformer = Transformer(
+            name, model_kwargs={"trust_remote_code": trust_remote_code} if trust_remote_code else None
+        )
         teacher_pooling = next((m for m in teacher_modules if isinstance(m, Pooling)), None)
         mode = teacher_pooling.pooling_mode if teacher_pooling is not None else "mean"
         modules = [transformer, Pooling(transformer.get_embedding_dimension(), pooling_mode=mode)]
@@ -242,7 +244,9 @@ def _encoder_tower(config: QueryTowerConfig, teacher_modules: list[nn.Module], t
         if first is None:
             raise ValueError(f"truncate_encoder=True, but {name!r} does not start with a Transformer module.")
         depth = num_transformer_layers(first.auto_model)
-        truncate_transformer(first.auto_model, resolve_layers(depth, config.strategy, config.num_layers, config.layers), inplace=True)
+        truncate_transformer(
+            first.auto_model, resolve_layers(depth, config.strategy, config.num_layers, config.layers), inplace=True
+        )
     target_dim = tower_embedding_dimension(teacher_modules)
     modules = _project_if_needed(modules, target_dim)
     if _normalizes(teacher_modules):
@@ -292,7 +296,9 @@ def build_asymmetric_model(
         print(model.similarity(q, d))
     """
     config = config or QueryTowerConfig()
-    teacher_model = load_sentence_transformer(teacher, revision=revision, trust_remote_code=trust_remote_code, device=device)
+    teacher_model = load_sentence_transformer(
+        teacher, revision=revision, trust_remote_code=trust_remote_code, device=device
+    )
     document_modules = tower_modules(teacher_model, DOCUMENT_ROUTE)
     if config.encoder is None:
         query_modules, layers = _truncated_teacher_tower(document_modules, config)

@@ -7,18 +7,34 @@ from asym_st.data.beir import BeirFormatError, available_splits, load_beir
 from tests.conftest import shared_path
 
 
-def write_beir(folder, corpus=None, queries=None, qrels="query-id\tcorpus-id\tscore\nq1\td1\t1\nq2\td2\t2\n", split="test"):
+def write_beir(
+    folder, corpus=None, queries=None, qrels="query-id\tcorpus-id\tscore\nq1\td1\t1\nq2\td2\t2\n", split="test"
+):
     folder.mkdir(parents=True, exist_ok=True)
-    corpus = corpus if corpus is not None else [
-        {"_id": "d1", "title": "Paris", "text": "Paris is the capital of France."},
-        {"_id": "d2", "title": "", "text": "Cats are small felines."},
-        {"_id": "d3", "title": "Noise", "text": "Unrelated text."},
-    ]
-    queries = queries if queries is not None else [
-        {"_id": "q1", "text": "capital of france"}, {"_id": "q2", "text": "what is a cat"}, {"_id": "q3", "text": "unjudged"},
-    ]
-    (folder / "corpus.jsonl").write_text("".join(json.dumps(r) + "\n" for r in corpus) if isinstance(corpus, list) else corpus)
-    (folder / "queries.jsonl").write_text("".join(json.dumps(r) + "\n" for r in queries) if isinstance(queries, list) else queries)
+    corpus = (
+        corpus
+        if corpus is not None
+        else [
+            {"_id": "d1", "title": "Paris", "text": "Paris is the capital of France."},
+            {"_id": "d2", "title": "", "text": "Cats are small felines."},
+            {"_id": "d3", "title": "Noise", "text": "Unrelated text."},
+        ]
+    )
+    queries = (
+        queries
+        if queries is not None
+        else [
+            {"_id": "q1", "text": "capital of france"},
+            {"_id": "q2", "text": "what is a cat"},
+            {"_id": "q3", "text": "unjudged"},
+        ]
+    )
+    (folder / "corpus.jsonl").write_text(
+        "".join(json.dumps(r) + "\n" for r in corpus) if isinstance(corpus, list) else corpus
+    )
+    (folder / "queries.jsonl").write_text(
+        "".join(json.dumps(r) + "\n" for r in queries) if isinstance(queries, list) else queries
+    )
     (folder / "qrels").mkdir(exist_ok=True)
     (folder / "qrels" / f"{split}.tsv").write_text(qrels)
     return folder

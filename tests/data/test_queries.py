@@ -5,7 +5,9 @@ from tests.conftest import shared_path
 
 
 def test_formats_dedupe_and_report(tmp_path):
-    (tmp_path / "q.jsonl").write_text('{"_id": "1", "text": "a  query"}\n\n{"id": "2", "query": "a query"}\n{"_id": "3", "text": " "}\n')
+    (tmp_path / "q.jsonl").write_text(
+        '{"_id": "1", "text": "a  query"}\n\n{"id": "2", "query": "a query"}\n{"_id": "3", "text": " "}\n'
+    )
     queries = read_query_file(tmp_path / "q.jsonl")
     assert queries.ids == ["1"] and queries.texts == ["a query"]
     assert (queries.dropped_duplicates, queries.dropped_empty) == (1, 1)
