@@ -1,0 +1,1 @@
+"""Hub publishing: model cards from model_cards/ templates, and pushing towers."""

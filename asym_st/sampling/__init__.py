@@ -1,0 +1,1 @@
+"""Batch samplers and pair selection (topic-aware, balanced margin, false-negative filter)."""

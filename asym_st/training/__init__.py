@@ -1,0 +1,1 @@
+"""Training: method pipelines (QED, DAFT stages, ...) as thin compositions of losses, samplers and data."""
