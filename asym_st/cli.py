@@ -112,8 +112,14 @@ def _run_assemble(args: argparse.Namespace) -> dict:
     return {"output": str(path), "document_tower_fingerprint": model.asym_st_record.document_tower_fingerprint}
 
 
-# Later issues register more subcommands here (distill, evaluate, bench, card, push).
-SUBCOMMANDS: list[Callable] = [_add_build, _add_extract, _add_assemble]
+def _add_distill(subparsers) -> None:
+    from asym_st.commands.distill import add_distill
+
+    add_distill(subparsers)
+
+
+# Later issues register more subcommands here (evaluate, bench, card, push).
+SUBCOMMANDS: list[Callable] = [_add_build, _add_extract, _add_assemble, _add_distill]
 
 
 def build_parser() -> argparse.ArgumentParser:

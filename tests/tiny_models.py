@@ -42,6 +42,10 @@ def make_tiny_sentence_transformer(
         num_attention_heads=4,
         intermediate_size=hidden * 2,
         max_position_embeddings=128,
+        # No dropout: a random tiny model's embeddings differ by less than dropout noise, which would drown
+        # the signal that training tests look for.
+        hidden_dropout_prob=0.0,
+        attention_probs_dropout_prob=0.0,
     )
     BertModel(config).save_pretrained(hf_dir)
     tokenizer.save_pretrained(hf_dir)

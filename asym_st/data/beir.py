@@ -79,9 +79,9 @@ class RetrievalDataset:
     def subsample(
         self, max_queries: int | None = None, max_documents: int | None = None, seed: int = 0
     ) -> RetrievalDataset:
-        """A smaller collection for quick runs: the first ``max_queries`` queries (sorted by id, seeded shuffle)
-        and a corpus that keeps every judged document of those queries plus random others up to
-        ``max_documents``."""
+        """A smaller collection for quick runs: ``max_queries`` queries (seeded shuffle) and a corpus that keeps
+        every judged document of those queries plus random others up to ``max_documents``. With
+        ``max_documents=None`` the corpus is kept whole (in file order, so its cached embeddings are reused)."""
         import random
 
         rng = random.Random(seed)
@@ -89,7 +89,7 @@ class RetrievalDataset:
         rng.shuffle(query_ids)
         query_ids = query_ids[:max_queries] if max_queries else query_ids
         judged = [d for q in query_ids for d in self.qrels[q] if d in self.corpus]
-        keep = list(dict.fromkeys(judged))
+        keep = list(dict.fromkeys(judged)) if max_documents is not None else list(self.corpus)
         if max_documents is not None and len(keep) < max_documents:
             others = [d for d in self.corpus if d not in set(keep)]
             rng.shuffle(others)

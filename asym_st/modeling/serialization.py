@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from pathlib import Path
 
 from sentence_transformers import SentenceTransformer
@@ -43,11 +44,14 @@ def save_asymmetric_model(
     path: str | os.PathLike,
     overwrite: bool = False,
     create_model_card: bool = True,
+    before_commit: Callable[[Path], None] | None = None,
 ) -> Path:
     """Save ``model`` to ``path`` so that plain ``SentenceTransformer(path)`` loads it, with its record.
 
     The folder is written into a temporary sibling and renamed into place, so a crash leaves either no folder
     or the previous one, never a half-written one. An existing non-empty ``path`` needs ``overwrite=True``.
+    ``before_commit(folder)`` may add files (evaluation results, a training config) to the folder before it is
+    renamed into place, so they appear together with the model or not at all.
 
     Example::
 
@@ -58,6 +62,8 @@ def save_asymmetric_model(
     with atomic_directory(path, overwrite=overwrite) as tmp:
         model.save(str(tmp), create_model_card=create_model_card)
         atomic_write_json(tmp / RECORD_FILE_NAME, record.to_dict())
+        if before_commit is not None:
+            before_commit(tmp)
     return Path(path)
 
 

@@ -1,1 +1,6 @@
 """Training: method pipelines (QED, DAFT stages, ...) as thin compositions of losses, samplers and data."""
+
+from asym_st.training.qed import QEDResult, distill_query_tower, load_eval_dataset
+from asym_st.training.qed_config import ConfigError, QEDConfig
+
+__all__ = ["ConfigError", "QEDConfig", "QEDResult", "distill_query_tower", "load_eval_dataset"]
