@@ -10,6 +10,7 @@ from asym_st.data.beir import (
 )
 from asym_st.data.cache import EmbeddingCache, texts_hash
 from asym_st.data.queries import QueryFileError, QuerySet, clean_queries, read_query_file
+from asym_st.data.sources import load_retrieval_source
 
 __all__ = [
     "BeirFormatError",
@@ -24,4 +25,5 @@ __all__ = [
     "QuerySet",
     "clean_queries",
     "read_query_file",
+    "load_retrieval_source",
 ]

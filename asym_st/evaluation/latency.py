@@ -24,7 +24,7 @@ from sentence_transformers import SentenceTransformer
 from sentence_transformers.util import batch_to_device
 from tqdm.auto import tqdm
 
-__all__ = ["LatencyConfig", "LatencyResult", "measure_latency", "hardware_description"]
+__all__ = ["LatencyConfig", "LatencyResult", "measure_latency", "hardware_description", "latency_report"]
 
 
 @dataclass
@@ -189,3 +189,18 @@ def _measure_batch_size(model, texts, batch_size, config, prompt, name, show_pro
         repeats=config.repeats,
         hardware=hardware_description(model.device),
     )
+
+
+def latency_report(query_tower: Sequence[LatencyResult], teacher: Sequence[LatencyResult]) -> dict:
+    """The ``eval/latency.json`` payload: both measurements and the speed-up per batch size.
+
+    The speed-up is the teacher's median per-query time over the query tower's, at each batch size that both
+    measured (``{"1": 3.1, "32": 2.8}``); above 1 means the query tower is faster.
+    """
+    teacher_by_batch = {r.batch_size: r for r in teacher}
+    speedup = {
+        str(r.batch_size): round(teacher_by_batch[r.batch_size].per_query_p50_ms / r.per_query_p50_ms, 3)
+        for r in query_tower
+        if r.batch_size in teacher_by_batch and r.per_query_p50_ms > 0
+    }
+    return {"results": [r.to_dict() for r in (*query_tower, *teacher)], "speedup": speedup}
