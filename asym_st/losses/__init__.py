@@ -1,1 +1,5 @@
 """Losses, one per file, in sentence-transformers style (paper reference, columns, example in each docstring)."""
+
+from asym_st.losses.dual_teacher_margin_mse import DualTeacherMarginMSELoss
+
+__all__ = ["DualTeacherMarginMSELoss"]
