@@ -224,3 +224,39 @@ def test_trainer_builds_it_from_training_args(tiny_teacher_path, tmp_path):
     fallback = factory(dataset.select(range(10)), batch_size=4, drop_last=False)
     assert not isinstance(fallback, TopicAwareBatchSampler)
     assert [i for batch in fallback for i in batch] == list(range(10))
+
+
+def _ddp_worker(rank, world_size, store, out_dir):
+    import json
+
+    import torch.distributed as dist
+
+    dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=world_size)
+    try:
+        clusters = QueryClusters.from_labels(_labels())
+        sampler = TopicAwareBatchSampler(list(range(30)), 4, seed=5, clusters=clusters)  # world size from dist
+        shard = BatchSamplerShard(sampler, num_processes=world_size, process_index=rank, even_batches=False)
+        result = {"world_size": sampler.world_size, "length": len(sampler), "batches": list(shard)}
+        try:  # a rank with other settings would break disjointness: every rank refuses
+            TopicAwareBatchSampler(list(range(30)), 4, seed=rank, clusters=clusters)
+        except RuntimeError as error:
+            result["mismatch"] = str(error)
+        (out_dir / f"{rank}.json").write_text(json.dumps(result))
+    finally:
+        dist.destroy_process_group()
+
+
+def test_real_ddp_ranks_agree_and_get_disjoint_batches(tmp_path):
+    import json
+
+    import torch.multiprocessing as mp
+
+    # fork: the children reuse the imported modules (spawn would re-import torch & co., ~20 s per rank here)
+    mp.start_processes(_ddp_worker, args=(2, tmp_path / "store", tmp_path), nprocs=2, start_method="fork")
+    results = [json.loads((tmp_path / f"{rank}.json").read_text()) for rank in range(2)]
+    assert all(r["world_size"] == 2 and r["length"] % 2 == 0 for r in results)
+    batches = [{tuple(b) for b in r["batches"]} for r in results]
+    assert len(batches[0]) == len(batches[1]) == results[0]["length"] // 2
+    assert not batches[0] & batches[1]
+    assert set().union(*(set(i for b in r["batches"] for i in b) for r in results)) == set(range(30))
+    assert all("differs across DDP ranks" in r.get("mismatch", "") for r in results)
