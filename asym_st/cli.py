@@ -7,6 +7,8 @@ import json
 import sys
 from collections.abc import Callable, Sequence
 
+from asym_st.commands.hub import HUB_SUBCOMMANDS
+
 __all__ = ["main", "build_parser"]
 
 
@@ -119,7 +121,7 @@ def _add_distill(subparsers) -> None:
 
 
 # Later issues register more subcommands here (evaluate, bench, card, push).
-SUBCOMMANDS: list[Callable] = [_add_build, _add_extract, _add_assemble, _add_distill]
+SUBCOMMANDS: list[Callable] = [_add_build, _add_extract, _add_assemble, _add_distill, *HUB_SUBCOMMANDS]
 
 
 def build_parser() -> argparse.ArgumentParser:

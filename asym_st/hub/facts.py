@@ -68,8 +68,11 @@ def _count_safetensors(folder: Path) -> int:
 
     total = 0
     for file in sorted(folder.glob("*.safetensors")):
-        with safe_open(str(file), framework="numpy") as handle:  # reads the header only
-            total += sum(math.prod(handle.get_slice(key).get_shape()) for key in handle.keys())
+        try:
+            with safe_open(str(file), framework="numpy") as handle:  # reads the header only
+                total += sum(math.prod(handle.get_slice(key).get_shape()) for key in handle.keys())
+        except Exception as error:  # safetensors raises its own error type for a corrupt header
+            raise ValueError(f"{file}: not a readable safetensors file ({error}).") from error
     return total
 
 

@@ -114,9 +114,11 @@ class _Fault:
 
 
 class _HTTPError(Exception):
-    def __init__(self, status: int, message: str, code: str | None = None, headers: dict | None = None):
+    def __init__(
+        self, status: int, message: str, code: str | None = None, headers: dict | None = None, body: dict | None = None
+    ):
         super().__init__(message)
-        self.status, self.message, self.code, self.headers = status, message, code, headers or {}
+        self.status, self.message, self.code, self.headers, self.body = status, message, code, headers or {}, body or {}
 
 
 class LocalHub:
@@ -231,8 +233,8 @@ class LocalHub:
 
     def create_repo(self, repo_id: str, private: bool) -> Repo:
         with self._lock:
-            if repo_id in self.repos:
-                raise _HTTPError(409, "You already created this model repo")
+            if repo_id in self.repos:  # like the Hub, the conflict answer carries the repo's URL
+                raise _HTTPError(409, "You already created this model repo", body={"url": f"{self.url}/{repo_id}"})
             repo = Repo(repo_id=repo_id, private=private)
             content = DEFAULT_GITATTRIBUTES.encode()
             attributes = StoredFile(size=len(content), blob_id=git_blob_id(content), content=content)
@@ -297,7 +299,8 @@ class _Handler(BaseHTTPRequestHandler):
         headers = {"Content-Type": "application/json", "X-Error-Message": error.message, **error.headers}
         if error.code:
             headers["X-Error-Code"] = error.code
-        self._send(error.status, json.dumps({"error": error.message}).encode(), headers, head_only=head_only)
+        body = json.dumps({"error": error.message, **error.body}).encode()
+        self._send(error.status, body, headers, head_only=head_only)
 
     def _token(self) -> str | None:
         auth = self.headers.get("Authorization") or ""
@@ -419,7 +422,8 @@ class _Handler(BaseHTTPRequestHandler):
         if payload.get("type", "model") != "model":
             raise _HTTPError(400, "the local hub only hosts model repos")
         repo_id = f"{organization}/{name}"
-        self.hub.create_repo(repo_id, private=bool(payload.get("private")))
+        private = payload.get("visibility") == "private" or bool(payload.get("private"))  # 2.x sends "visibility"
+        self.hub.create_repo(repo_id, private=private)
         self._json(200, {"url": f"{self.hub.url}/{repo_id}", "name": repo_id, "id": repo_id})
         return True
 
