@@ -137,6 +137,14 @@ def _uniform_below(rng: np.random.Generator, upper: np.ndarray) -> np.ndarray:
 
 
 def _index_queries(row_query_ids: Sequence[Hashable]) -> tuple[list, np.ndarray]:
+    """Number the queries in order of first appearance; vectorised for string / integer ids (millions of rows)."""
+    values = np.asarray(row_query_ids) if len(row_query_ids) else None
+    if values is not None and values.ndim == 1 and values.dtype.kind in "iuU":
+        unique, first, inverse = np.unique(values, return_index=True, return_inverse=True)
+        order = np.argsort(first, kind="stable")
+        rank = np.empty_like(order)
+        rank[order] = np.arange(len(order))
+        return unique[order].tolist(), rank[inverse.reshape(-1)].astype(np.int64)
     index: dict = {}
     row_query = np.empty(len(row_query_ids), dtype=np.int64)
     for row, query_id in enumerate(row_query_ids):
