@@ -5,6 +5,7 @@ encodes each query online in the same embedding space. Models are plain ``Senten
 built-in ``Router``, so they load without asym-st installed.
 """
 
+from asym_st.hub import CardConfig, PushConfig, push_model, render_card, write_card
 from asym_st.modeling import (
     DOCUMENT_ROUTE,
     QUERY_ROUTE,
@@ -50,4 +51,9 @@ __all__ = [
     "save_asymmetric_model",
     "save_tower",
     "tower_modules",
+    "CardConfig",
+    "PushConfig",
+    "push_model",
+    "render_card",
+    "write_card",
 ]

@@ -234,7 +234,7 @@ def _teacher_metadata(teacher: str | None, revision: str | None) -> dict:
 def _tower_row(label: str, tower: TowerFacts, layers: str) -> list[str]:
     return [
         label,
-        f"{tower.architecture or '?'}" if tower.architecture else "transformer",
+        tower.architecture or "transformer",
         layers,
         _millions(tower.parameters),
         str(tower.embedding_dimension) if tower.embedding_dimension else "see config",
@@ -320,7 +320,7 @@ def _hardware_text(hardware: dict) -> str:
     return ", ".join(parts) if parts else "hardware not recorded"
 
 
-def _latency_section(latency: dict | None, kind: str) -> tuple[str | None, list[str], dict]:
+def _latency_section(latency: dict | None) -> tuple[str | None, list[str], dict]:
     rows, hardware = [], []
     for result in (latency or {}).get("results", []):
         p50 = _number(result.get("p50_ms"))
@@ -505,7 +505,7 @@ def _template_context(facts: ModelFacts, results: dict, config: CardConfig, mode
     links = config.links
     method = normalise_method(record.method or (results.get("training_config") or {}).get("method"))
     retrieval_table, usable = _retrieval_rows(results.get("retrieval") or [])
-    latency_table, hardware, speedup = _latency_section(results.get("latency"), config.kind)
+    latency_table, hardware, speedup = _latency_section(results.get("latency"))
     teacher = record.teacher
     citations = [SENTENCE_TRANSFORMERS_BIBTEX]
     method_bib = training.get("training_citation") or method_citation(method)

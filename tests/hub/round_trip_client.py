@@ -15,6 +15,7 @@ import contextlib
 import io
 import json
 import sys
+import time
 
 
 def main(arguments: dict) -> dict:
@@ -24,16 +25,20 @@ def main(arguments: dict) -> dict:
     from asym_st.cli import main as cli
 
     printed = io.StringIO()
+    start = time.perf_counter()
     with contextlib.redirect_stdout(printed):
         code = cli(["push", arguments["model_dir"], "--repo", arguments["repo"], "--towers", "asymmetric,query"])
     out = {"push_exit_code": code, "push_report": json.loads(printed.getvalue()) if code == 0 else printed.getvalue()}
+    out["push_seconds"] = round(time.perf_counter() - start, 2)
     if code != 0:
         return out
 
     from sentence_transformers import SentenceTransformer
 
     texts = arguments["texts"]
+    start = time.perf_counter()
     model = SentenceTransformer(arguments["repo"], device="cpu")  # downloads from HF_ENDPOINT
+    out["download_and_load_seconds"] = round(time.perf_counter() - start, 2)
     query_tower = SentenceTransformer(arguments["repo"] + "-query", device="cpu")
     card = ModelCard.load(arguments["repo"])
     metadata = card.data.to_dict()
