@@ -73,3 +73,15 @@ def test_corrupt_entries_are_detected_and_rebuilt(teacher, tmp_path, damage):
 def test_empty_text_list_is_refused(teacher, tmp_path):
     with pytest.raises(ValueError, match="empty"):
         EmbeddingCache(tmp_path).encode(teacher, [], route="document")
+
+
+def test_entry_written_by_another_teacher_is_rebuilt(teacher, tmp_path):
+    cache = EmbeddingCache(tmp_path)
+    good = np.array(cache.encode(teacher, TEXTS, route="query", show_progress_bar=False))
+    meta_path = next(tmp_path.glob("*.json"))
+    meta = json.loads(meta_path.read_text())
+    meta["tower_fingerprint"] = "0" * 64  # as if another teacher had written this key
+    meta_path.write_text(json.dumps(meta))
+    rebuilt = cache.encode(teacher, TEXTS, route="query", show_progress_bar=False)
+    np.testing.assert_allclose(rebuilt, good, atol=1e-6)
+    assert json.loads(meta_path.read_text())["tower_fingerprint"] != "0" * 64

@@ -130,3 +130,11 @@ def test_assemble_checks_widths_and_extract_round_trips(tiny_teacher_path, tiny_
     # the assembled model can itself be re-assembled from its extracted towers
     again = assemble_asymmetric_model(query_tower, document_tower)
     np.testing.assert_allclose(again.encode_query(TEXTS), model.encode_query(TEXTS), atol=1e-6)
+
+
+def test_teacher_without_a_document_route_is_refused(tiny_teacher_path, tmp_path):
+    teacher = SentenceTransformer(str(tiny_teacher_path))
+    router = Router(sub_modules={"a": list(teacher), "b": list(SentenceTransformer(str(tiny_teacher_path)))})
+    SentenceTransformer(modules=[router]).save(str(tmp_path / "two_routes"))
+    with pytest.raises(ValueError, match="no 'document' route"):
+        build_asymmetric_model(tmp_path / "two_routes")
