@@ -336,6 +336,8 @@ class _Handler(BaseHTTPRequestHandler):
         segments = [unquote(s) for s in split.path.split("/")[1:]]
         query = {k: v[-1] for k, v in parse_qs(split.query).items()}
         head_only = method == "HEAD"
+        # Read the whole body first: an error answered before reading it would leave it in the keep-alive stream.
+        self._body = self._read_body() if method in ("POST", "PUT") else b""
         try:
             handled = self._route(method, segments, query, split.path)
             if not handled:
@@ -417,7 +419,7 @@ class _Handler(BaseHTTPRequestHandler):
     def _create_repo(self) -> bool:
         self._require_write()
         self.hub._maybe_fail("create_repo")
-        payload = json.loads(self._read_body() or b"{}")
+        payload = json.loads(self._body or b"{}")
         name, organization = payload.get("name"), payload.get("organization") or self.hub.user
         if payload.get("type", "model") != "model":
             raise _HTTPError(400, "the local hub only hosts model repos")
@@ -428,7 +430,7 @@ class _Handler(BaseHTTPRequestHandler):
         return True
 
     def _validate_yaml(self) -> bool:
-        payload = json.loads(self._read_body() or b"{}")
+        payload = json.loads(self._body or b"{}")
         content = payload.get("content", "")
         self.hub.validated_cards.append(content)
         # The Hub validates the card's metadata server-side; here huggingface_hub's own parser does it.
@@ -507,7 +509,7 @@ class _Handler(BaseHTTPRequestHandler):
         return True
 
     def _paths_info(self, repo_id: str, revision: str) -> bool:
-        body = self._read_body()
+        body = self._body
         if self.headers.get("Content-Type", "").startswith("application/json"):
             paths = json.loads(body or b"{}").get("paths", [])
         else:
@@ -536,7 +538,7 @@ class _Handler(BaseHTTPRequestHandler):
         return True
 
     def _create_branch(self, repo_id: str, branch: str) -> bool:
-        payload = json.loads(self._read_body() or b"{}")
+        payload = json.loads(self._body or b"{}")
         with self.hub._lock:
             repo = self._repo(repo_id, for_write=True)
             if branch in repo.branches:
@@ -548,7 +550,7 @@ class _Handler(BaseHTTPRequestHandler):
 
     # ------------------------------------------------------------------ endpoints: uploads
     def _preupload(self, repo_id: str, revision: str) -> bool:
-        payload = json.loads(self._read_body() or b"{}")
+        payload = json.loads(self._body or b"{}")
         self.hub._maybe_fail("preupload")
         with self.hub._lock:
             repo = self._repo(repo_id, for_write=True)
@@ -571,7 +573,7 @@ class _Handler(BaseHTTPRequestHandler):
         return True
 
     def _lfs_batch(self, repo_id: str) -> bool:
-        payload = json.loads(self._read_body() or b"{}")
+        payload = json.loads(self._body or b"{}")
         self.hub._maybe_fail("lfs_batch")
         with self.hub._lock:
             self._repo(repo_id, for_write=True)
@@ -590,7 +592,7 @@ class _Handler(BaseHTTPRequestHandler):
         return True
 
     def _lfs_put(self, oid: str) -> bool:
-        data = self._read_body()  # read first, so the connection stays usable even when failing
+        data = self._body
         self.hub._maybe_fail("lfs_upload")
         if hashlib.sha256(data).hexdigest() != oid:
             raise _HTTPError(400, f"LFS object content does not match its oid {oid}")
@@ -600,7 +602,7 @@ class _Handler(BaseHTTPRequestHandler):
         return True
 
     def _lfs_verify(self) -> bool:
-        payload = json.loads(self._read_body() or b"{}")
+        payload = json.loads(self._body or b"{}")
         with self.hub._lock:
             stored = self.hub.lfs_objects.get(payload.get("oid"))
         if stored is None or len(stored) != payload.get("size"):
@@ -609,7 +611,7 @@ class _Handler(BaseHTTPRequestHandler):
         return True
 
     def _commit_endpoint(self, repo_id: str, revision: str, query: dict) -> bool:
-        lines = [json.loads(line) for line in self._read_body().splitlines() if line.strip()]
+        lines = [json.loads(line) for line in self._body.splitlines() if line.strip()]
         self.hub._maybe_fail("commit")
         create_pr = query.get("create_pr") in ("1", "true", "True")
         with self.hub._lock:

@@ -104,7 +104,9 @@ def test_failed_upload_leaves_the_repo_unchanged(evaluated_model, hub_online):
 
 
 def test_commit_failure_is_atomic_and_transient_errors_are_retried(evaluated_model, hub_online):
+    hub_online.inject("create_repo", status=502, times=1)  # huggingface_hub does not retry create_repo; we do
     push_model(evaluated_model, _config(hub_online, towers=("asymmetric",)))
+    assert [s for m, p, s in hub_online.requests if p == "/api/repos/create"] == [502, 200]
     before = hub_online.head("org/tiny-asym"), hub_online.files("org/tiny-asym")
     (evaluated_model / "eval" / "tradeoff.png").write_bytes(b"\x89PNG changed")
 
@@ -200,13 +202,19 @@ def test_tokens_never_leak(bare_model, hub_online, caplog, capsys, tmp_path):
     assert hub_online.token not in repr(_config(hub_online))  # the config's repr hides it
 
 
-def test_cli_push_dry_run(evaluated_model, tmp_path, capsys):
+def test_cli_push_dry_run(evaluated_model, tmp_path, capsys, monkeypatch):
+    from huggingface_hub import constants
+
     from asym_st.cli import main
+
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)  # a dry run needs no network (and no token)
+    monkeypatch.delenv("HF_TOKEN", raising=False)
 
     out = tmp_path / "preview"
     assert main(["push", str(evaluated_model), "--repo", "org/tiny-asym", "--dry-run", "-o", str(out)]) == 0
     printed = json.loads(capsys.readouterr().out)
     assert printed["dry_run"] and {r["kind"] for r in printed["repos"]} == {"asymmetric", "query"}
+    assert all(r["card_merged_from"] == "new card (remote not consulted: offline)" for r in printed["repos"])
     assert all(r["operations"] for r in printed["repos"]) and Path(printed["output_dir"]) == out
     assert (out / "asymmetric" / "README.md").is_file()
     assert main(["push", str(evaluated_model), "--repo", "bad repo id", "--dry-run"]) == 1
