@@ -310,6 +310,18 @@ def _failed_at_commit(error: BaseException) -> bool:
     return False
 
 
+def _repo_state(error: BaseException) -> str:
+    """What a failed attempt left on the Hub, from where it failed."""
+    if not _failed_at_commit(error):
+        return "Nothing was committed: the repo keeps its previous version (uploaded LFS objects stay invisible)."
+    if getattr(error, "response", None) is not None or getattr(error.__cause__, "response", None) is not None:
+        return "The Hub rejected the commit: the repo keeps its previous version."
+    return (
+        "The commit request got no answer: the repo holds either its previous version or the complete new one, "
+        "never a mix."
+    )
+
+
 def _remote_card(api, repo_id: str, revision: str) -> tuple[str | None, str | None]:
     """The repo's head commit and README text at ``revision`` (``None`` where the repo/branch/README is absent)."""
     from huggingface_hub.errors import EntryNotFoundError, RepositoryNotFoundError, RevisionNotFoundError
@@ -408,15 +420,10 @@ def _commit(
             if retry and config.create_pr and _failed_at_commit(error):
                 retry = False  # the PR may exist already; a second attempt could open another one
             if not retry:
-                state = (
-                    "Nothing was committed"
-                    if not _failed_at_commit(error)
-                    else "The commit was rejected or its answer lost"
-                )
                 raise PushError(
                     f"Pushing the {kind} model to {repo_id} failed while {phase} after {push.attempts} attempt(s): "
-                    f"{_describe(error)}. {state}; the repo keeps its previous version (files uploaded before a failed "
-                    "commit are never visible). Run the same push again to retry."
+                    f"{_describe(error)}. {_repo_state(error)} Run the same push again to retry; unchanged files "
+                    "and LFS objects already uploaded are not sent twice."
                 ) from error
             logger.warning("Transient error pushing to %s (%s); retrying in %.0f s.", repo_id, _describe(error), wait)
             time.sleep(wait)

@@ -111,8 +111,9 @@ def test_commit_failure_is_atomic_and_transient_errors_are_retried(evaluated_mod
     (evaluated_model / "eval" / "tradeoff.png").write_bytes(b"\x89PNG changed")
 
     hub_online.inject("commit", status=500)
-    with pytest.raises(PushError, match="failed while uploading and committing after 2 attempt"):
+    with pytest.raises(PushError, match="failed while uploading and committing after 2 attempt") as failure:
         push_model(evaluated_model, _config(hub_online, towers=("asymmetric",), max_retries=1))
+    assert "The Hub rejected the commit: the repo keeps its previous version" in str(failure.value)
     assert (hub_online.head("org/tiny-asym"), hub_online.files("org/tiny-asym")) == before
 
     hub_online.inject("commit", status=503, times=1)  # one transient failure, then the Hub answers
