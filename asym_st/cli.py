@@ -7,6 +7,7 @@ import json
 import sys
 from collections.abc import Callable, Sequence
 
+from asym_st.commands.evaluate import EVALUATE_SUBCOMMANDS
 from asym_st.commands.hub import HUB_SUBCOMMANDS
 
 __all__ = ["main", "build_parser"]
@@ -121,7 +122,14 @@ def _add_distill(subparsers) -> None:
 
 
 # Later issues register more subcommands here (evaluate, bench, card, push).
-SUBCOMMANDS: list[Callable] = [_add_build, _add_extract, _add_assemble, _add_distill, *HUB_SUBCOMMANDS]
+SUBCOMMANDS: list[Callable] = [
+    _add_build,
+    _add_extract,
+    _add_assemble,
+    _add_distill,
+    *HUB_SUBCOMMANDS,
+    *EVALUATE_SUBCOMMANDS,
+]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -132,19 +132,22 @@ def load_hub_dataset(
 def mteb_task_for_source(task_name: str, mirror: str | os.PathLike | None = None):
     """The official mteb task object, its dataset path pointed at ``mirror`` when given (offline use).
 
-    The task's metadata is copied before the path is changed: mteb shares one metadata object per task class,
-    and a mirror set for one run must not leak into others.
+    mteb keeps one metadata object per task class, and ``AbsTask.unload_data`` drops instance-level copies, so
+    the mirror goes into a subclass with its own copy of the metadata: the path stays set for the task's whole
+    life and never leaks into other instances of the official task.
     """
     import mteb
 
     task = mteb.get_task(task_name)
-    if mirror is not None:
-        mirror = Path(mirror)
-        if not mirror.is_dir():
-            raise FileNotFoundError(f"mteb data mirror {mirror} does not exist.")
-        task.metadata = task.metadata.model_copy(deep=True)
-        task.metadata.dataset["path"] = str(mirror.resolve())
-    return task
+    if mirror is None:
+        return task
+    mirror = Path(mirror)
+    if not mirror.is_dir():
+        raise FileNotFoundError(f"mteb data mirror {mirror} does not exist.")
+    metadata = task.metadata.model_copy(deep=True)
+    metadata.dataset["path"] = str(mirror.resolve())
+    mirrored = type(type(task).__name__, (type(task),), {"metadata": metadata})
+    return mirrored()
 
 
 def load_mteb_task(

@@ -12,6 +12,7 @@ ones ``SentenceTransformer.encode`` makes.
 
 from __future__ import annotations
 
+import os
 import platform
 import statistics
 import time
@@ -83,6 +84,10 @@ def hardware_description(device: torch.device | str) -> dict:
     }
     if device.type == "cuda":
         info["gpu"] = torch.cuda.get_device_name(device)
+    if hasattr(os, "getloadavg"):
+        # On a shared machine other jobs inflate latencies; the load at measurement time says by how much.
+        info["cpu_count"] = os.cpu_count()
+        info["load_average_1m"] = round(os.getloadavg()[0], 2)
     return info
 
 

@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import tempfile
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
@@ -111,10 +112,20 @@ def save_results(
         data = tradeoff_png if isinstance(tradeoff_png, bytes) else Path(tradeoff_png).read_bytes()
         record("tradeoff_png", atomic_write_bytes(eval_dir / "tradeoff.png", data))
     for task_result in _as_list(mteb):
-        data = to_plain(task_result)
-        task = data.get("task_name") or data.get("task") or "task"
-        record("mteb", atomic_write_json(eval_dir / "mteb" / f"{result_file_stem(task, 'result')}.json", data))
+        task = getattr(task_result, "task_name", None) or to_plain(task_result).get("task_name") or "task"
+        record("mteb", _save_mteb(eval_dir / "mteb" / f"{result_file_stem(task, 'result')}.json", task_result))
     return written
+
+
+def _save_mteb(path: Path, task_result: Any) -> Path:
+    """mteb's own JSON for a ``TaskResult`` (``TaskResult.to_disk``, readable by ``TaskResult.from_disk``),
+    written to a temporary file first and then moved into place atomically; dicts are stored as given."""
+    if not hasattr(task_result, "to_disk"):
+        return atomic_write_json(path, to_plain(task_result))
+    with tempfile.TemporaryDirectory() as tmp:
+        staged = Path(tmp) / path.name
+        task_result.to_disk(staged)
+        return atomic_write_bytes(path, staged.read_bytes())
 
 
 def _read_json(path: Path) -> Any:
