@@ -4,7 +4,7 @@ It implements the HTTP endpoints that the real ``huggingface_hub`` client (2.x) 
 ``create_commit`` / ``upload_folder`` and the downloads behind ``SentenceTransformer("org/name")`` and
 ``ModelCard.load``, so that tests run the library's own code end to end with ``HF_ENDPOINT`` pointing here:
 
-* ``POST /api/repos/create``; ``GET /api/whoami-v2``; ``POST /api/validate-yaml``;
+* ``POST /api/repos/create``; ``GET /api/whoami-v2``; ``POST /api/validate-yaml``; ``GET /api/agent-harnesses``;
 * ``GET /api/models/{repo}[/revision/{rev}]`` (model info: ``sha``, ``siblings``), ``GET .../tree/{rev}[/{path}]``,
   ``POST .../paths-info/{rev}``, ``GET .../refs``, ``POST .../branch/{name}``;
 * uploads: ``POST .../preupload/{rev}`` (``regular`` or ``lfs`` per file, and the remote ``oid`` so unchanged files
@@ -137,6 +137,7 @@ class LocalHub:
         self.requests: list[tuple[str, str, int]] = []
         self.unhandled: list[tuple[str, str]] = []
         self.validated_cards: list[str] = []
+        self.before_commit = None  # a one-shot callable(repo_id) run when the next commit request arrives
         self._faults: dict[str, _Fault] = {}
         self._lock = threading.RLock()
         self._server: ThreadingHTTPServer | None = None
@@ -214,6 +215,17 @@ class LocalHub:
                 path: f.content if f.content is not None else self.lfs_objects[f.lfs_sha256]
                 for path, f in stored.items()
             }
+
+    def commit_files(self, repo_id: str, files: dict[str, bytes], message: str = "edit on the Hub") -> str:
+        """Commit regular files to ``main`` directly, as a user editing on the website would."""
+        with self._lock:
+            repo = self.repos[repo_id]
+            tree = repo.head_files("main")
+            for path, content in files.items():
+                tree[path] = StoredFile(size=len(content), blob_id=git_blob_id(content), content=content)
+            commit = self._new_commit(repo, repo.branches["main"], message, tree)
+            repo.branches["main"] = commit.oid
+            return commit.oid
 
     def head(self, repo_id: str, revision: str = "main") -> str:
         with self._lock:
@@ -373,6 +385,9 @@ class _Handler(BaseHTTPRequestHandler):
                 return self._whoami()
             if method == "POST" and seg[1:] == ["validate-yaml"]:
                 return self._validate_yaml()
+            if method == "GET" and seg[1:] == ["agent-harnesses"]:  # the client's best-effort user-agent registry
+                self._json(200, {"standardEnvVars": [], "harnesses": {}})
+                return True
             if len(seg) >= 4 and seg[1] == "models":
                 repo_id, rest = f"{seg[2]}/{seg[3]}", seg[4:]
                 if method == "GET" and not rest:
@@ -613,6 +628,9 @@ class _Handler(BaseHTTPRequestHandler):
     def _commit_endpoint(self, repo_id: str, revision: str, query: dict) -> bool:
         lines = [json.loads(line) for line in self._body.splitlines() if line.strip()]
         self.hub._maybe_fail("commit")
+        if self.hub.before_commit is not None:  # tests simulate a concurrent push here
+            hook, self.hub.before_commit = self.hub.before_commit, None
+            hook(repo_id)
         create_pr = query.get("create_pr") in ("1", "true", "True")
         with self.hub._lock:
             repo = self._repo(repo_id, for_write=True)

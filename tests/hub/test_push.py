@@ -148,6 +148,22 @@ def test_repush_keeps_what_the_user_wrote_on_the_hub(evaluated_model, hub_online
     assert final.data.to_dict()["model-index"][0]["results"][0]["metrics"][0]["value"] == 65.0
 
 
+def test_concurrent_edit_is_not_overwritten(evaluated_model, hub_online):
+    push_model(evaluated_model, _config(hub_online, towers=("asymmetric",)))
+    card = hub_online.files("org/tiny-asym")["README.md"].decode()
+    edited = card.replace("<!-- asym-st:begin usage -->", "Edited while the push ran.\n\n<!-- asym-st:begin usage -->")
+    # Someone saves an edit between the moment the push read the card and its commit.
+    hub_online.before_commit = lambda repo_id: hub_online.commit_files(repo_id, {"README.md": edited.encode()})
+    (evaluated_model / "eval" / "tradeoff.png").write_bytes(b"\x89PNG concurrent")
+    with pytest.raises(PushError, match="someone pushed to this branch meanwhile"):
+        push_model(evaluated_model, _config(hub_online, towers=("asymmetric",)))
+    assert hub_online.files("org/tiny-asym")["README.md"].decode() == edited  # their edit survived
+    push_model(evaluated_model, _config(hub_online, towers=("asymmetric",)))  # the re-run merges it
+    files = hub_online.files("org/tiny-asym")
+    assert "Edited while the push ran." in files["README.md"].decode()
+    assert files["eval/tradeoff.png"] == b"\x89PNG concurrent"
+
+
 def test_pull_request_and_branch(evaluated_model, hub_online):
     push_model(evaluated_model, _config(hub_online, towers=("asymmetric",)))
     main_head = hub_online.head("org/tiny-asym")
