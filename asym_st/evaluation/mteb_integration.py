@@ -116,7 +116,7 @@ class AsymSTEncoder(_encoder_base()):
             route=route,
             batch_size=kwargs.get("batch_size", 32),
             show_progress_bar=kwargs.get("show_progress_bar", True),
-            description=f"{task_metadata.name} {route}s",
+            description=f"{task_metadata.name} {'queries' if route == 'query' else 'documents'}",
         )
         return np.asarray(embeddings, dtype=np.float32)
 

@@ -133,8 +133,12 @@ def _teacher_depth(teacher: SentenceTransformer) -> int:
 
 
 def _latency(model: SentenceTransformer, queries: list[str], config: TradeoffConfig, name: str) -> LatencyResult:
+    from asym_st.modeling import extract_tower, is_asymmetric
+
+    # Time the query tower as a standalone model (as the teacher is), so the Router adds nothing to either side.
+    tower = extract_tower(model, "query", copy_modules=False) if is_asymmetric(model) else model
     latency = LatencyConfig(**{**asdict(config.latency), "batch_sizes": (1,), "route": "query"})
-    return measure_latency(model, queries, latency, name=name, show_progress_bar=False)[0]
+    return measure_latency(tower, queries, latency, name=name, show_progress_bar=False)[0]
 
 
 def _row(
