@@ -27,6 +27,7 @@ from __future__ import annotations
 import math
 import os
 import re
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path, PurePath
 from typing import Any
@@ -137,13 +138,19 @@ class CardConfig:
 
 
 def templates_dir() -> Path:
-    """The folder with the card templates: ``$ASYM_ST_MODEL_CARDS`` or ``model_cards/`` of the source tree."""
-    folder = Path(os.environ.get("ASYM_ST_MODEL_CARDS") or Path(__file__).resolve().parents[2] / "model_cards")
-    if not (folder / TEMPLATE_FILES["asymmetric"]).is_file():
-        raise FileNotFoundError(
-            f"Model card templates not found in {folder}; set ASYM_ST_MODEL_CARDS to the model_cards/ folder."
-        )
-    return folder
+    """The folder with the card templates: ``$ASYM_ST_MODEL_CARDS``, ``model_cards/`` of the source tree (editable
+    installs), or ``<prefix>/share/asym-st/model_cards`` (wheel installs, see ``pyproject.toml``)."""
+    candidates = [Path(p) for p in [os.environ.get("ASYM_ST_MODEL_CARDS")] if p] or [
+        Path(__file__).resolve().parents[2] / "model_cards",
+        Path(sys.prefix) / "share" / "asym-st" / "model_cards",
+    ]
+    for folder in candidates:
+        if (folder / TEMPLATE_FILES["asymmetric"]).is_file():
+            return folder
+    raise FileNotFoundError(
+        f"Model card templates not found in {', '.join(map(str, candidates))}; set ASYM_ST_MODEL_CARDS to the "
+        "model_cards/ folder."
+    )
 
 
 def is_hub_id(name: str | None) -> bool:
