@@ -171,10 +171,18 @@ def _input_transformer(modules: Sequence[nn.Module]) -> Transformer | None:
 # --------------------------------------------------------------------------------------------------- tokenizers
 
 
+def _as_transformers_tokenizer(tokenizer):
+    # StaticEmbedding keeps a raw `tokenizers.Tokenizer`; wrap it so that both kinds compare the same way.
+    from tokenizers import Tokenizer
+    from transformers import PreTrainedTokenizerFast
+
+    return PreTrainedTokenizerFast(tokenizer_object=tokenizer) if isinstance(tokenizer, Tokenizer) else tokenizer
+
+
 def tokenizer_differences(query_modules: Sequence[nn.Module], document_modules: Sequence[nn.Module]) -> list[str]:
     """Human-readable differences between the towers' tokenizers (empty when they agree)."""
-    query_tok = getattr(query_modules[0], "tokenizer", None)
-    doc_tok = getattr(document_modules[0], "tokenizer", None)
+    query_tok = _as_transformers_tokenizer(getattr(query_modules[0], "tokenizer", None))
+    doc_tok = _as_transformers_tokenizer(getattr(document_modules[0], "tokenizer", None))
     if query_tok is None or doc_tok is None:
         missing = "query" if query_tok is None else "document"
         return [f"the {missing} tower has no tokenizer"]

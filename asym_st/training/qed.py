@@ -80,9 +80,11 @@ def _teacher_targets(teacher: SentenceTransformer, queries: QuerySet, config: QE
         )
 
 
-def _training_arguments(config: QEDConfig, has_dev: bool) -> SentenceTransformerTrainingArguments:
+def _training_arguments(config: QEDConfig, has_dev: bool, **overrides: Any) -> SentenceTransformerTrainingArguments:
+    """Trainer arguments from ``config`` (a :class:`QEDConfig`, or any object with its optimisation fields, such
+    as a DAFT stage); ``overrides`` (``router_mapping``, ``load_best_model_at_end``, ...) win."""
     eval_steps = config.eval_steps or config.save_steps
-    return SentenceTransformerTrainingArguments(
+    arguments = dict(
         output_dir=config.resolved_checkpoint_dir,
         router_mapping={"query": "query"},
         learning_rate=config.learning_rate,
@@ -103,6 +105,7 @@ def _training_arguments(config: QEDConfig, has_dev: bool) -> SentenceTransformer
         dataloader_drop_last=False,
         remove_unused_columns=False,
     )
+    return SentenceTransformerTrainingArguments(**{**arguments, **overrides})
 
 
 def _resume_checkpoint(config: QEDConfig) -> str | None:

@@ -37,10 +37,10 @@ def _latency(student: SentenceTransformer, teacher: SentenceTransformer, queries
     return latency_report(student_results, teacher_results)
 
 
-def _training_record(result: QEDResult, config: QEDConfig) -> dict:
+def _training_record(result: QEDResult, config: QEDConfig, method: str, extra: dict | None) -> dict:
     losses = [entry["loss"] for entry in result.log_history if "loss" in entry]
     return {
-        "method": "QED",
+        "method": method,
         "config": config.to_dict(),
         "training_queries": {
             "count": len(result.training_queries),
@@ -50,6 +50,7 @@ def _training_record(result: QEDResult, config: QEDConfig) -> dict:
         "first_logged_loss": losses[0] if losses else None,
         "last_logged_loss": losses[-1] if losses else None,
         "log_history": result.log_history,
+        **(extra or {}),
     }
 
 
@@ -59,8 +60,13 @@ def evaluate_and_save(
     eval_datasets: Sequence[RetrievalDataset],
     config: QEDConfig,
     evaluate: bool = True,
+    method: str = "QED",
+    extra_record: dict | None = None,
 ) -> None:
-    """Fill ``result.retention`` / ``result.latency`` and write the model folder (model + eval/ + config) at once."""
+    """Fill ``result.retention`` / ``result.latency`` and write the model folder (model + eval/ + config) at once.
+
+    ``method`` and ``extra_record`` (merged into ``training_config.json``) let other pipelines (DAFT) reuse this.
+    """
     if evaluate and eval_datasets:
         eval_config = RetrievalEvalConfig(
             batch_size=config.teacher_batch_size,
@@ -80,7 +86,7 @@ def evaluate_and_save(
         result.latency = _latency(result.model, teacher, result.training_queries.texts, config.latency_queries)
 
     def write_evaluation(folder: Path) -> None:
-        atomic_write_json(folder / TRAINING_CONFIG_FILE, _training_record(result, config))
+        atomic_write_json(folder / TRAINING_CONFIG_FILE, _training_record(result, config, method, extra_record))
         if result.retention is not None:
             save_results(folder, retrieval=result.retention.student_results, retention=result.retention)
         if result.latency is not None:
