@@ -1,5 +1,6 @@
 """Losses, one per file, in sentence-transformers style (paper reference, columns, example in each docstring)."""
 
 from asym_st.losses.dual_teacher_margin_mse import DualTeacherMarginMSELoss
+from asym_st.losses.embed_distill import AsymmetricEmbedDistillLoss, ProjectionShapeError
 
-__all__ = ["DualTeacherMarginMSELoss"]
+__all__ = ["AsymmetricEmbedDistillLoss", "DualTeacherMarginMSELoss", "ProjectionShapeError"]

@@ -1,6 +1,17 @@
 """Training: method pipelines (QED, DAFT stages, ...) as thin compositions of losses, samplers and data."""
 
+from asym_st.training.embed_distill import EmbedDistillResult, embed_distill
+from asym_st.training.embed_distill_config import EmbedDistillConfig
 from asym_st.training.qed import QEDResult, distill_query_tower, load_eval_dataset
 from asym_st.training.qed_config import ConfigError, QEDConfig
 
-__all__ = ["ConfigError", "QEDConfig", "QEDResult", "distill_query_tower", "load_eval_dataset"]
+__all__ = [
+    "ConfigError",
+    "EmbedDistillConfig",
+    "EmbedDistillResult",
+    "QEDConfig",
+    "QEDResult",
+    "distill_query_tower",
+    "embed_distill",
+    "load_eval_dataset",
+]
