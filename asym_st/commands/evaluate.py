@@ -123,6 +123,8 @@ def run_evaluate(args: argparse.Namespace) -> dict:
     datasets = []
     for source in args.dataset:
         dataset = load_retrieval_source(source, split=args.split)
+        if dataset.report:  # dropped or repaired while loading: say so, never silently
+            _print(f"{dataset.name}/{dataset.split}: {dataset.report}")
         if args.max_queries or args.max_documents:
             dataset = dataset.subsample(args.max_queries, args.max_documents)
         datasets.append(dataset)

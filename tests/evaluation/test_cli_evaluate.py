@@ -112,3 +112,13 @@ def test_bench_latency_and_sweep(tiny_model_dir, tiny_beir, tmp_path, capsys):
     assert stored["tradeoff_png"] is not None
     assert main(["bench", str(tiny_model_dir)]) == 1
     assert "--queries FILE or --dataset SRC" in capsys.readouterr().err
+
+
+def test_evaluate_reports_dropped_qrels(tiny_model_dir, tmp_path, capsys):
+    from tests.evaluation.conftest import QRELS, write_beir
+
+    folder = write_beir(tmp_path / "bad_qrels", qrels=QRELS + [("q1", "nope", 1), ("q77", "d1", 1)])
+    code = main(["evaluate", str(tiny_model_dir), "--dataset", str(folder), "--quiet", "--no-save"])
+    err = capsys.readouterr().err
+    assert code == 0
+    assert "'qrels_unknown_queries': 1" in err and "'qrels_unknown_documents': 1" in err
