@@ -67,6 +67,7 @@ def main() -> None:
     parser.add_argument("--layers", nargs="+", default=["0,5", "0,1"], help="student initialisations")
     parser.add_argument("--name", default="qed_minilm")
     parser.add_argument("--reuse", action="store_true", help="reuse finished runs found in the output folders")
+    parser.add_argument("--untrained-only", nargs="*", default=[], help="initialisations evaluated untrained only")
     args = parser.parse_args()
 
     config = QEDConfig.from_yaml(args.config)
@@ -119,7 +120,7 @@ def to_markdown(result: dict) -> str:
         + " |",
     ]
     for variant in result["variants"]:
-        for kind in ("untrained", "distilled"):
+        for kind in [k for k in ("untrained", "distilled") if k in variant]:
             rows = _rows(variant[kind])
             cells = []
             for d in datasets:
@@ -133,7 +134,7 @@ def to_markdown(result: dict) -> str:
             lines.append(f"| layers {variant['layers']} {kind} | " + " | ".join(cells) + " |")
     lines += ["", "`*`: the difference to the teacher is significant (paired t-test over queries, p < 0.05).", ""]
     lines += ["| query tower | speed-up b=1 | speed-up b=32 | distillation wall time |", "|---|---:|---:|---:|"]
-    for variant in result["variants"]:
+    for variant in [v for v in result["variants"] if "training" in v]:
         speedup = variant["latency"]["speedup"] if variant.get("latency") else {}
         lines.append(
             f"| layers {variant['layers']} | ×{speedup.get('1', '?')} | ×{speedup.get('32', '?')} | "
