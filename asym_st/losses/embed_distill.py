@@ -91,7 +91,9 @@ class AsymmetricEmbedDistillLoss(EmbedDistillLoss):
             document_weight: weight of ``L_document`` (needs document columns).
             score_weight: weight of ``L_score`` (needs candidate embeddings in the label, at least 2 candidates).
             score_loss: ``"kl"`` or ``"margin_mse"``.
-            distance_metric: ``"l2"`` (EmbedDistill), ``"mse"`` (QED) or ``"cosine"``.
+            distance_metric: ``"l2"`` (EmbedDistill), ``"mse"`` (QED) or ``"cosine"``. MSE is a mean over
+                coordinates, i.e. the squared L2 distance divided by the width (1/384 of it for MiniLM): next to a
+                score term, prefer L2 (or raise ``query_weight``), or the embedding term carries almost no weight.
             projection_dim: the teacher's width, for a learnable ``Linear(student_dim, projection_dim)``.
             temperature: softmax temperature of the KL score matching (teacher and student alike). For cosine
                 scores in [-1, 1], ``0.05`` gives distributions as peaked as the in-batch softmax of
