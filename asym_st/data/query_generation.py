@@ -21,7 +21,7 @@ import logging
 import random
 import re
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
@@ -179,6 +179,10 @@ class Seq2SeqQueryGenerator:
 
     # ------------------------------------------------------------------------------------------- model
 
+    def settings(self) -> dict[str, Any]:
+        """The constructor arguments (not ``dataclasses.asdict``: that would deep-copy the loaded model)."""
+        return {f.name: getattr(self, f.name) for f in fields(self) if f.init}
+
     def load(self) -> tuple[Any, Any]:
         """``(tokenizer, model)``, loaded once."""
         if self._loaded is None:
@@ -203,7 +207,7 @@ class Seq2SeqQueryGenerator:
             from asym_st.modeling.fingerprint import fingerprint_tensor_dict
 
             _, model = self.load()
-            settings = {k: v for k, v in asdict(self).items() if not k.startswith("_")}
+            settings = self.settings()
             for name in ("batch_size", "device", "cache_dir", "use_cache", "cache_every", "revision"):
                 settings.pop(name)  # how and where it runs, not what it generates (the weights cover revision)
             settings["weights"] = fingerprint_tensor_dict(model.state_dict())
@@ -228,7 +232,7 @@ class Seq2SeqQueryGenerator:
             output = model.generate(
                 **inputs,
                 do_sample=True,
-                top_k=self.top_k or None,
+                top_k=self.top_k,  # 0 turns top-k filtering off (None would mean the model's default)
                 top_p=self.top_p,
                 temperature=self.temperature,
                 max_new_tokens=self.max_query_length,
@@ -258,8 +262,7 @@ class Seq2SeqQueryGenerator:
             return
         name = hashlib.sha256("".join(sorted(generated)).encode()).hexdigest()[:16]
         if not (folder / "settings.json").exists():
-            settings = {k: v for k, v in asdict(self).items() if not k.startswith("_")}
-            atomic_write_json(folder / "settings.json", settings)
+            atomic_write_json(folder / "settings.json", self.settings())
         atomic_write_json(folder / f"chunk-{name}.json", {"passages": generated})
 
     # ------------------------------------------------------------------------------------------- generate
