@@ -1,6 +1,7 @@
 """Evaluation: retrieval quality, latency, trade-offs."""
 
 from asym_st.data.sources import load_retrieval_source
+from asym_st.evaluation.divergence import TowerDivergence, knn_kl_divergence, tower_divergence
 from asym_st.evaluation.latency import (
     LatencyConfig,
     LatencyResult,
@@ -28,6 +29,9 @@ def __getattr__(name: str):
 
 
 __all__ = [
+    "TowerDivergence",
+    "knn_kl_divergence",
+    "tower_divergence",
     "LatencyConfig",
     "LatencyResult",
     "hardware_description",

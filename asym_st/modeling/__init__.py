@@ -3,6 +3,7 @@
 from asym_st.modeling.config import RECORD_FILE_NAME, AsymmetricModelRecord, QueryTowerConfig
 from asym_st.modeling.fingerprint import fingerprint_modules
 from asym_st.modeling.layers import LAYER_STRATEGIES, count_parameters, resolve_layers, truncate_transformer
+from asym_st.modeling.light_encoders import LightEncoderConfig, build_light_asymmetric_model
 from asym_st.modeling.serialization import (
     index_is_compatible,
     load_asymmetric_model,
@@ -32,6 +33,8 @@ __all__ = [
     "QueryTowerConfig",
     "fingerprint_modules",
     "LAYER_STRATEGIES",
+    "LightEncoderConfig",
+    "build_light_asymmetric_model",
     "count_parameters",
     "resolve_layers",
     "truncate_transformer",

@@ -19,9 +19,10 @@ The pipeline is a composition of the rest of asym-st:
    :class:`DivergenceEvaluator` estimates ``KL(document tower || query tower)`` on held-out texts
    (:func:`~asym_st.evaluation.divergence.tower_divergence`); training stops when it stops decreasing and the
    best checkpoint is kept;
-4. **stage 2, fine-tuning**: ``MultipleNegativesRankingLoss`` (or its cached variant for large batches) on
-   (query, positive) pairs with in-batch negatives, training the query tower (the index stays valid) or both
-   towers, with early stopping on the dev nDCG@10 (:class:`~asym_st.training.dev_evaluator.RetrievalDevEvaluator`);
+4. **stage 2, fine-tuning**: in-batch-negatives ranking on (query, positive) pairs, training the query tower
+   (the index stays valid; the positives' embeddings then come from the cache:
+   :class:`~asym_st.losses.frozen_document_ranking.FrozenDocumentRankingLoss`) or both towers
+   (``MultipleNegativesRankingLoss``, or ``CachedMultipleNegativesRankingLoss`` for large batches), with early stopping on the dev nDCG@10 (:class:`~asym_st.training.dev_evaluator.RetrievalDevEvaluator`);
 5. both stages run a :class:`~asym_st.training.collapse.CollapseCallback`; the end evaluates teacher vs student
    (retention), measures query latency, and saves model + ``eval/`` + ``training_config.json`` atomically
    (:func:`~asym_st.training.reporting.evaluate_and_save`).
@@ -51,6 +52,7 @@ from sentence_transformers.sentence_transformer.losses import (
     CachedMultipleNegativesRankingLoss,
     MultipleNegativesRankingLoss,
 )
+from torch import nn
 from transformers import EarlyStoppingCallback, TrainerCallback
 
 from asym_st.data.beir import RetrievalDataset
@@ -59,6 +61,7 @@ from asym_st.data.queries import QuerySet
 from asym_st.data.query_sources import collect_training_queries
 from asym_st.evaluation.divergence import TowerDivergence, tower_divergence
 from asym_st.losses.embedding_alignment import EmbeddingAlignmentLoss
+from asym_st.losses.frozen_document_ranking import FrozenDocumentRankingLoss
 from asym_st.modeling import (
     DOCUMENT_ROUTE,
     QUERY_ROUTE,
@@ -119,6 +122,8 @@ class StageReport:
     log_history: list[dict[str, Any]] = field(default_factory=list)
     output_dir: str | None = None
     reused: bool = False
+    initial_metric: float | None = None
+    kept_initial: bool = False
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -149,6 +154,7 @@ class DAFTData:
     eval_datasets: list[RetrievalDataset]
     training_queries: QuerySet
     pairs: list[tuple[str, str]]
+    pair_embeddings: np.ndarray
     align_texts: list[str]
     align_targets: np.ndarray
     heldout_texts: list[str]
@@ -282,13 +288,23 @@ def _dev_holdout(train: RetrievalDataset, count: int, seed: int) -> RetrievalDat
     )
 
 
-def _pairs(train: RetrievalDataset, queries: QuerySet, limit: int | None, seed: int) -> list[tuple[str, str]]:
+def _restrict(queries: QuerySet, allowed_ids: set[str]) -> QuerySet:
+    """Keep the queries of a sub-sampled training split (ids from collect_training_queries are ``SOURCE:id``)."""
+    keep = [i for i, query_id in enumerate(queries.ids) if query_id.split(":", 1)[1] in allowed_ids]
+    queries.notes.append(f"sub-sampled to {len(keep)} of {len(queries)}")
+    queries.ids, queries.texts = [queries.ids[i] for i in keep], [queries.texts[i] for i in keep]
+    return queries
+
+
+def _pairs(train: RetrievalDataset, queries: QuerySet, limit: int | None, seed: int) -> list[tuple[str, str, int]]:
+    """(query, positive document text, the document's row in the corpus) for every judged relevant document."""
+    rows = {doc_id: row for row, doc_id in enumerate(train.corpus_ids)}
     pairs = []
     for query_id, text in zip(queries.ids, queries.texts, strict=True):
         original_id = query_id.split(":", 1)[1]  # collect_training_queries prefixes ids with the source index
         for doc_id, score in train.qrels.get(original_id, {}).items():
             if score > 0 and doc_id in train.corpus:
-                pairs.append((text, train.corpus[doc_id]))
+                pairs.append((text, train.corpus[doc_id], rows[doc_id]))
     if not pairs:
         raise ConfigError(f"{train.name}:{train.split}: no (query, relevant document) pairs left to train on.")
     if limit is not None and len(pairs) > limit:
@@ -302,13 +318,12 @@ def _alignment_pool(
     teacher: SentenceTransformer,
     config: DAFTConfig,
     excluded: Sequence[RetrievalDataset],
+    corpus_embeddings: np.ndarray,
 ) -> tuple[list[str], np.ndarray]:
     """Texts for stage 1 and the checks, with the document tower's embeddings of each."""
     texts, targets = [], []
     if config.align_on in ("documents", "both"):
-        # The whole corpus in file order: the same cache entry as its retrieval evaluation.
-        corpus = [train.corpus[d] for d in train.corpus_ids]
-        embeddings = _document_embeddings(teacher, corpus, config, f"{train.name} documents")
+        corpus, embeddings = [train.corpus[d] for d in train.corpus_ids], corpus_embeddings
         chosen = list(range(len(corpus)))
         if config.align_max_documents is not None and len(chosen) > config.align_max_documents:
             chosen = sorted(random.Random(config.seed).sample(chosen, config.align_max_documents))
@@ -333,6 +348,8 @@ def prepare_daft_data(config: DAFTConfig, teacher: SentenceTransformer) -> DAFTD
     """Load the training split, the dev and evaluation sets, the training pairs, the stage-1 texts with their
     document-tower embeddings (cached), and the held-out texts (never trained on)."""
     train = load_eval_dataset(config.train_dataset, default_split="train")
+    if config.train_max_queries or config.train_max_documents:
+        train = train.subsample(config.train_max_queries, config.train_max_documents, seed=config.seed)
     eval_datasets = [
         load_eval_dataset(spec).subsample(config.eval_max_queries, config.eval_max_documents, seed=config.seed)
         if config.eval_max_queries or config.eval_max_documents
@@ -347,8 +364,13 @@ def prepare_daft_data(config: DAFTConfig, teacher: SentenceTransformer) -> DAFTD
     excluded = [dev] + (eval_datasets if config.exclude_eval_queries else [])
     train_spec = config.train_dataset if ":" in config.train_dataset else f"{config.train_dataset}:train"
     queries = collect_training_queries([train_spec], exclude=excluded)
+    if config.train_max_queries or config.train_max_documents:
+        queries = _restrict(queries, set(train.queries))
     pairs = _pairs(train, queries, config.max_train_pairs, config.seed)
-    texts, targets = _alignment_pool(train, queries, teacher, config, excluded)
+    # The whole corpus in file order: the same cache entry as its retrieval evaluation, encoded once for all.
+    corpus = [train.corpus[d] for d in train.corpus_ids]
+    corpus_embeddings = _document_embeddings(teacher, corpus, config, f"{train.name} documents")
+    texts, targets = _alignment_pool(train, queries, teacher, config, excluded, corpus_embeddings)
     held = min(config.heldout_texts, len(texts) // 4)
     if held < 8:
         raise ConfigError(
@@ -363,7 +385,8 @@ def prepare_daft_data(config: DAFTConfig, teacher: SentenceTransformer) -> DAFTD
         dev=dev,
         eval_datasets=eval_datasets,
         training_queries=queries,
-        pairs=pairs,
+        pairs=[(query, document) for query, document, _ in pairs],
+        pair_embeddings=np.asarray(corpus_embeddings[[row for _, _, row in pairs]], dtype=np.float32),
         align_texts=[texts[i] for i in train_rows],
         align_targets=targets[train_rows],
         heldout_texts=[texts[i] for i in heldout],
@@ -396,22 +419,66 @@ def _collapse_callback(config: DAFTConfig, stage: StageSettings, data: DAFTData)
     )
 
 
-def _pairs_dataset(pairs: list[tuple[str, str]]) -> Dataset:
-    return Dataset.from_dict({"query": [q for q, _ in pairs], "positive": [d for _, d in pairs]})
+def _contrastive_setup(
+    model: SentenceTransformer, data: DAFTData, config: DAFTConfig, document_frozen: bool
+) -> tuple[Dataset, nn.Module, dict[str, Any]]:
+    """The (query, positive) training set, the in-batch-negatives loss and the trainer arguments they need.
 
-
-def _contrastive_loss(model: SentenceTransformer, config: DAFTConfig):
-    if config.finetune_loss == "cached_mnrl":
-        return CachedMultipleNegativesRankingLoss(
+    With a frozen document tower (``finetune_loss: auto``) the positives' embeddings come precomputed from the
+    cache (:class:`FrozenDocumentRankingLoss`): the same objective as MNRL without a document forward pass per
+    step. A trained document tower needs the texts (MNRL, or its cached variant for large batches).
+    """
+    queries = [query for query, _ in data.pairs]
+    # NO_DUPLICATES: a query twice in one batch would be its own false negative.
+    arguments: dict[str, Any] = {"batch_sampler": BatchSamplers.NO_DUPLICATES}
+    name = config.finetune_loss
+    if name == "auto":
+        name = "frozen_documents" if document_frozen else "mnrl"
+    if name == "frozen_documents":
+        dataset = Dataset.from_dict({"query": queries, "label": data.pair_embeddings})
+        arguments["router_mapping"] = {"query": QUERY_ROUTE}
+        return dataset, FrozenDocumentRankingLoss(model, scale=config.finetune_scale), arguments
+    dataset = Dataset.from_dict({"query": queries, "positive": [document for _, document in data.pairs]})
+    arguments["router_mapping"] = {"query": QUERY_ROUTE, "positive": DOCUMENT_ROUTE}
+    if name == "cached_mnrl":
+        loss = CachedMultipleNegativesRankingLoss(
             model, scale=config.finetune_scale, mini_batch_size=config.finetune_mini_batch_size
         )
-    return MultipleNegativesRankingLoss(model, scale=config.finetune_scale)
+    else:
+        loss = MultipleNegativesRankingLoss(model, scale=config.finetune_scale)
+    return dataset, loss, arguments
 
 
-def _run_trainer(trainer: SentenceTransformerTrainer, stage: StageSettings, report: StageReport, collapse) -> None:
+def _run_trainer(
+    trainer: SentenceTransformerTrainer,
+    stage: StageSettings,
+    report: StageReport,
+    collapse: CollapseCallback,
+    initial_metric: float,
+    greater_is_better: bool,
+) -> None:
+    """Train with early stopping; keep the starting weights if no checkpoint beat the starting ``initial_metric``.
+
+    The Trainer only compares checkpoints with each other (its ``eval_on_start`` score takes no part in model
+    selection), so a stage that only made things worse would otherwise end on its least bad checkpoint.
+    """
+    model = trainer.model
+    start = {name: tensor.detach().clone() for name, tensor in model.state_dict().items()}
     started = time.perf_counter()
     trainer.train(resume_from_checkpoint=_resume_checkpoint(stage))
     state = trainer.state
+    report.initial_metric = initial_metric
+    best = state.best_metric
+    if best is None or not (best > initial_metric if greater_is_better else best < initial_metric):
+        logger.warning(
+            "%s: no checkpoint beat the starting %s (%.4g, best %s); keeping the starting weights.",
+            stage.name,
+            report.metric,
+            initial_metric,
+            best,
+        )
+        model.load_state_dict(start)
+        report.kept_initial = True
     report.train_seconds = round(time.perf_counter() - started, 1)
     report.steps, report.max_steps = state.global_step, state.max_steps
     report.stopped_early = state.global_step < state.max_steps
@@ -435,10 +502,7 @@ def align_stage(
     report.divergence_before = _divergence(model, data, config).to_dict()
     if config.align_loss == "contrastive":
         # The paper's code: the same contrastive objective as stage 2, with the document encoder frozen.
-        train_dataset = _pairs_dataset(data.pairs)
-        loss = _contrastive_loss(model, config)
-        extra = {"router_mapping": {"query": QUERY_ROUTE, "positive": DOCUMENT_ROUTE}}
-        extra["batch_sampler"] = BatchSamplers.NO_DUPLICATES
+        train_dataset, loss, extra = _contrastive_setup(model, data, config, document_frozen=True)
     else:
         train_dataset = Dataset.from_dict({"text": data.align_texts, "label": data.align_targets})
         loss = EmbeddingAlignmentLoss(model, distance_metric=config.align_loss)
@@ -465,7 +529,8 @@ def align_stage(
         ),
         callbacks=[EarlyStoppingCallback(early_stopping_patience=stage.patience), collapse, *callbacks],
     )
-    _run_trainer(trainer, stage, report, collapse)
+    initial = report.divergence_before["kl_divergence"]
+    _run_trainer(trainer, stage, report, collapse, initial, greater_is_better=False)
     report.divergence_after = _divergence(model, data, config).to_dict()
     logger.info(
         "Stage 1 (alignment): KL divergence %.2f -> %.2f (noise floor %.2f) in %d steps%s.",
@@ -509,24 +574,24 @@ def finetune_stage(
     if both:
         evaluator.config.use_cache = False  # a moving document tower would fill the shared cache with stale entries
     collapse = _collapse_callback(config, stage, data)
+    train_dataset, loss, extra = _contrastive_setup(model, data, config, document_frozen=not both)
     trainer = SentenceTransformerTrainer(
         model=model,
         args=_training_arguments(
             stage,
             has_dev=True,
-            router_mapping={"query": QUERY_ROUTE, "positive": DOCUMENT_ROUTE},
-            batch_sampler=BatchSamplers.NO_DUPLICATES,  # a query twice in a batch would be its own false negative
             load_best_model_at_end=True,
             metric_for_best_model=_DEV_METRIC,
             greater_is_better=True,
+            **extra,
         ),
-        train_dataset=_pairs_dataset(data.pairs),
-        loss=_contrastive_loss(model, config),
+        train_dataset=train_dataset,
+        loss=loss,
         evaluator=evaluator,
         callbacks=[EarlyStoppingCallback(early_stopping_patience=stage.patience), collapse, *callbacks],
         optimizers=(_two_tower_optimizer(model, config, stage), None) if both else (None, None),
     )
-    _run_trainer(trainer, stage, report, collapse)
+    _run_trainer(trainer, stage, report, collapse, evaluator(model)["dev_ndcg_at_10"], greater_is_better=True)
     if both:
         freeze_tower(model, DOCUMENT_ROUTE)  # trained, now fixed again: the saved model's index is its own
     report.divergence_after = _divergence(model, data, config).to_dict()

@@ -17,7 +17,7 @@ __all__ = ["DAFTConfig", "StageSettings", "STAGES"]
 
 STAGES = ("align", "finetune")
 ALIGN_LOSSES = ("mse", "cosine", "contrastive")
-FINETUNE_LOSSES = ("mnrl", "cached_mnrl")
+FINETUNE_LOSSES = ("auto", "frozen_documents", "mnrl", "cached_mnrl")
 ALIGN_ON = ("documents", "queries", "both")
 
 # Static token vectors start at normal(0, 1) and move one Adam step per update, so they need a far larger rate
@@ -90,6 +90,10 @@ class DAFTConfig:
 
     # ---- data
     train_dataset: str = field(default="", metadata={"help": "BEIR FOLDER[:split] (default split train)"})
+    train_max_queries: int | None = field(default=None, metadata={"help": "sub-sample the training split"})
+    train_max_documents: int | None = field(
+        default=None, metadata={"help": "sub-sample its corpus (smoke runs; default: whole corpus, cached)"}
+    )
     align_on: str = field(default="both", metadata={"help": "stage-1 texts: documents | queries | both"})
     align_queries: list[str] = field(default_factory=list, metadata={"help": "extra stage-1 query sources"})
     align_max_documents: int | None = field(default=None, metadata={"help": "cap on stage-1 documents"})
@@ -127,7 +131,13 @@ class DAFTConfig:
     divergence_k: int = field(default=1, metadata={"help": "neighbour rank of the KL estimator"})
 
     # ---- stage 2: contrastive fine-tuning
-    finetune_loss: str = field(default="mnrl", metadata={"help": "mnrl | cached_mnrl (large batches)"})
+    finetune_loss: str = field(
+        default="auto",
+        metadata={
+            "help": "auto (frozen_documents when only the query tower trains, else mnrl) | frozen_documents "
+            "(precomputed positives) | mnrl | cached_mnrl (large batches)"
+        },
+    )
     finetune_towers: str = field(
         default="query", metadata={"help": "query (index stays valid) | both (re-index needed)"}
     )
@@ -180,6 +190,11 @@ class DAFTConfig:
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
                 raise ConfigError(f"{name}={getattr(self, name)!r}; choose one of {', '.join(allowed)}.")
+        if self.finetune_loss == "frozen_documents" and self.finetune_towers == "both":
+            raise ConfigError(
+                "finetune_loss=frozen_documents needs a frozen document tower, but finetune_towers=both trains it; "
+                "use auto, mnrl or cached_mnrl."
+            )
         unknown = [s for s in self.stages if s not in STAGES]
         if unknown or not self.stages:
             raise ConfigError(f"stages={self.stages!r}; give 'align', 'finetune' or both (in that order).")

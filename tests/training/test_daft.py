@@ -5,10 +5,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from sentence_transformers import SentenceTransformer
+from transformers import TrainerCallback
 
 from asym_st import IncompatibleTowersError, fingerprint_modules, tower_modules
 from asym_st.modeling.light_encoders import LightEncoderConfig, build_light_asymmetric_model
+from asym_st.training.collapse import CollapseWarning
 from asym_st.training.daft import (
     _reusable_stage1,
     align_stage,
@@ -165,11 +168,37 @@ def test_paper_contrastive_alignment_trains_only_the_query_tower(tmp_path, tiny_
     before = fingerprint_modules(tower_modules(model, "query"))
     report = align_stage(model, data, config)
     assert report.steps == 4 and report.metric == "eval_align_kl_divergence"
-    assert fingerprint_modules(tower_modules(model, "query")) != before
+    # the checkpoints moved the query tower only (the model itself may have kept its start: see kept_initial)
+    checkpoint = SentenceTransformer(report.best_checkpoint)
+    assert fingerprint_modules(tower_modules(checkpoint, "query")) != before
+    assert fingerprint_modules(tower_modules(checkpoint, "document")) == fingerprint_modules(teacher)
     assert fingerprint_modules(tower_modules(model, "document")) == fingerprint_modules(teacher)
+    assert report.kept_initial == (fingerprint_modules(tower_modules(model, "query")) == before)
     # data: dev queries held out of training, held-out texts never trained on
     assert len(data.dev.queries) == 8 and len(data.training_queries) == 28 and len(data.pairs) == 28
     assert not set(data.heldout_texts) & set(data.align_texts)
+
+
+class _Sabotage(TrainerCallback):
+    """Collapses the static query tower after every step: every checkpoint is worse than the start."""
+
+    def on_step_end(self, args, state, control, model=None, **kwargs):
+        with torch.no_grad():
+            tower_modules(model, "query")[0].embedding.weight.fill_(1.0)
+
+
+def test_a_stage_that_only_hurts_ends_where_it_started(tmp_path, tiny_collection, tiny_teacher_path):
+    config = _config(tmp_path, tiny_collection, tiny_teacher_path, align_max_steps=4)
+    teacher = SentenceTransformer(str(tiny_teacher_path))
+    data = prepare_daft_data(config, teacher)
+    model = build_daft_model(config, teacher)
+    start = fingerprint_modules(tower_modules(model, "query"))
+    with pytest.warns(CollapseWarning, match="query tower collapsed at step 4"):
+        report = align_stage(model, data, config, callbacks=[_Sabotage()])
+    assert report.kept_initial and report.best_metric > report.initial_metric
+    assert fingerprint_modules(tower_modules(model, "query")) == start
+    assert report.divergence_after["kl_divergence"] == pytest.approx(report.divergence_before["kl_divergence"])
+    assert set(report.collapsed) == {"query"}
 
 
 def test_width_mismatch_in_a_config_explains_the_projection(tmp_path, tiny_collection, tiny_teacher_path):
