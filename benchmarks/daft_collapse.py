@@ -15,7 +15,8 @@ divergence between the towers, whether the collapse callback flagged a tower dur
 Plus the query-encoding latency of the light encoder vs the teacher (batch 1 and 32). Every figure is measured
 by this script; document embeddings come from the shared cache.
 
-Command for the committed table (from the repository root, offline with ../shared):
+Command for the table in benchmarks/results/daft_collapse_scifact.{md,json} (from the repository root, offline
+with ../shared; not yet run on the full data: only --smoke has been run):
 
     HF_HUB_CACHE=../shared/hf-hub HF_HUB_OFFLINE=1 python benchmarks/daft_collapse.py \\
         --config recipes/configs/daft_static_scifact.yaml --name daft_collapse_scifact --reuse
@@ -215,7 +216,7 @@ def to_markdown(result: dict) -> str:
         + (" (SMOKE RUN: tiny sub-sample, not a result)" if result["smoke"] else ""),
         "",
         f"Command: `{result['command']}`  ",
-        f"Data: {result['data']}  ",
+        "Data: " + "; ".join(f"{key.replace('_', ' ')}: {value}" for key, value in result["data"].items()) + "  ",
         f"Stage 2 trains: {result['config']['finetune_towers']} tower(s); stage 1 loss: {result['config']['align_loss']}  ",
         f"Hardware: {hardware.get('cpu', '?')}, {hardware.get('torch_threads', '?')} threads, "
         f"torch {hardware.get('torch', '?')}",

@@ -33,6 +33,7 @@ first; evaluation and saving happen on the main process only).
 
 from __future__ import annotations
 
+import json
 import logging
 import random
 import time
@@ -641,9 +642,31 @@ def _save_stage1(model: SentenceTransformer, report: StageReport, data: DAFTData
     )
 
 
+# Settings that change what stage 1 produces: a finished stage 1 made with other values is not reused.
+_STAGE1_FIELDS = ("teacher", "teacher_revision", "train_dataset", "train_max_queries", "train_max_documents", "seed")
+_STAGE1_PREFIXES = ("query_", "align_")
+
+
 def _reusable_stage1(config: DAFTConfig) -> bool:
-    folder = Path(config.resolved_stage1_dir)
-    return config.resume_from_checkpoint == "auto" and (folder / TRAINING_CONFIG_FILE).is_file()
+    """True when ``resume_from_checkpoint: auto`` finds a finished stage 1 made with this config's stage-1 settings.
+
+    Raises:
+        ConfigError: the finished stage 1 was made with other settings (reusing it would silently mix runs).
+    """
+    record_path = Path(config.resolved_stage1_dir) / TRAINING_CONFIG_FILE
+    if config.resume_from_checkpoint != "auto" or not record_path.is_file():
+        return False
+    stored = json.loads(record_path.read_text(encoding="utf-8")).get("config", {})
+    current = config.to_dict()
+    relevant = [k for k in current if k in _STAGE1_FIELDS or k.startswith(_STAGE1_PREFIXES)]
+    differing = sorted(k for k in relevant if stored.get(k) != current[k])
+    if differing:
+        raise ConfigError(
+            f"{config.resolved_stage1_dir} holds a finished stage 1 made with other settings ({', '.join(differing)} "
+            "differ), so resume_from_checkpoint: auto cannot reuse it. Delete it, point stage1_checkpoint elsewhere, "
+            "or set resume_from_checkpoint: none with overwrite_output_dir: true to train stage 1 again."
+        )
+    return True
 
 
 def train_daft(config: DAFTConfig, callbacks: Sequence[TrainerCallback] = (), evaluate: bool = True) -> DAFTResult:

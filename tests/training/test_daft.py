@@ -225,7 +225,11 @@ def test_config_errors_name_the_field(tmp_path, tiny_collection, tiny_teacher_pa
     stage1.mkdir()
     config = _config(tmp_path, tiny_collection, tiny_teacher_path, resume_from_checkpoint="auto")
     assert not _reusable_stage1(config)
-    (stage1 / "training_config.json").write_text("{}")
+    (stage1 / "training_config.json").write_text(json.dumps({"config": config.to_dict()}))
     assert _reusable_stage1(config)
+    (stage1 / "training_config.json").write_text(json.dumps({"config": {**config.to_dict(), "align_loss": "cosine"}}))
+    with pytest.raises(ConfigError, match=r"finished stage 1 made with other settings \(align_loss differ\)"):
+        _reusable_stage1(config)
+    assert not _reusable_stage1(replace(config, resume_from_checkpoint=None))
     assert config.stage_settings("align").learning_rate == 0.05  # static default
     assert config.stage_settings("finetune").resolved_checkpoint_dir.endswith("model.checkpoints/finetune")
