@@ -199,14 +199,15 @@ def add_bench(subparsers) -> None:
 
 def _latency_table(results) -> str:
     lines = [
-        "| model | device | threads | batch | p50 ms | p95 ms | tokenize p50 ms | forward p50 ms | ms/query | queries/s |",
-        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| model | device | threads | batch | p50 ms | p95 ms | tokenize p50 ms | forward p50 ms | ms/query | queries/s "
+        "| CPU ms/query |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in results:
         lines.append(
             f"| {r.model} | {r.hardware.get('device')} | {r.hardware.get('torch_threads')} | {r.batch_size} | "
             f"{r.p50_ms:.2f} | {r.p95_ms:.2f} | {r.tokenize_p50_ms:.2f} | {r.forward_p50_ms:.2f} | "
-            f"{r.per_query_p50_ms:.3f} | {r.queries_per_second:.1f} |"
+            f"{r.per_query_p50_ms:.3f} | {r.queries_per_second:.1f} | {r.cpu_per_query_p50_ms or 0:.3f} |"
         )
     return "\n".join(lines)
 
@@ -265,6 +266,8 @@ def run_bench(args: argparse.Namespace) -> dict:
     for device, report in summary["latency"].items():
         if report["speedup"]:
             _print(f"speed-up on {device}: " + ", ".join(f"batch {b}: {s:.2f}x" for b, s in report["speedup"].items()))
+            cpu = report.get("cpu_speedup", {})
+            _print("  in CPU time: " + ", ".join(f"batch {b}: {s:.2f}x" for b, s in cpu.items()))
     # eval/latency.json holds the first device's report (CPU by default), the one model cards quote.
     latency_payload = summary["latency"][devices[0]]
     tradeoff = png = None
@@ -297,12 +300,17 @@ def _sweep(args, model, teacher, teacher_name):
         batch_sizes=(1,),
         num_queries=args.num_queries,
         warmup_batches=args.warmup,
-        repeats=args.repeats,
+        repeats=1,
         threads=args.threads,
         device=(args.devices or ["cpu"])[0],
     )
+    # --repeats becomes the number of interleaved timing rounds over all models of the sweep.
     config = TradeoffConfig(
-        layers=args.layers, strategies=tuple(args.strategies), latency=latency, latency_queries=args.num_queries
+        layers=args.layers,
+        strategies=tuple(args.strategies),
+        latency=latency,
+        latency_rounds=args.repeats,
+        latency_queries=args.num_queries,
     )
 
     dataset = load_retrieval_source(args.dataset, split=args.split)

@@ -81,9 +81,9 @@ def test_bench_latency_and_sweep(tiny_model_dir, tiny_beir, tmp_path, capsys):
     )
     captured = capsys.readouterr()
     assert code == 0, captured.err
-    assert "speed-up on cpu" in captured.err and "| ms/query |" in captured.err
+    assert "speed-up on cpu" in captured.err and "| ms/query |" in captured.err and "in CPU time" in captured.err
     latency = load_results(tiny_model_dir)["latency"]
-    assert set(latency["speedup"]) == {"1", "2"}
+    assert set(latency["speedup"]) == {"1", "2"} and set(latency["cpu_speedup"]) == {"1", "2"}
     assert len(latency["results"]) == 4 and latency["results"][0]["hardware"]["torch_threads"] == 1
     code = main(
         [

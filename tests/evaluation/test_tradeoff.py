@@ -19,6 +19,7 @@ def test_sweep_rows_plot_and_round_trip(tiny_teacher_path, tiny_beir, tmp_path):
         strategies=("first_last", "first_k"),
         evaluation=RetrievalEvalConfig(cache=EmbeddingCache(tmp_path / "cache"), show_progress_bar=False),
         latency=LatencyConfig(batch_sizes=(1,), num_queries=4, warmup_batches=1, repeats=1),
+        latency_rounds=2,
     )
     result = tradeoff_sweep(str(tiny_teacher_path), str(tiny_beir), config, students=[str(student_dir)])
     kinds = [(r.kind, r.strategy, r.layers) for r in result.rows]
@@ -38,11 +39,16 @@ def test_sweep_rows_plot_and_round_trip(tiny_teacher_path, tiny_beir, tmp_path):
         if teacher.ndcg_at_10 > 0:
             assert row.retention == pytest.approx(row.ndcg_at_10 / teacher.ndcg_at_10)
         assert row.speedup == pytest.approx(teacher.per_query_p50_ms / row.per_query_p50_ms)
+        assert row.cpu_speedup == pytest.approx(teacher.cpu_per_query_p50_ms / row.cpu_per_query_p50_ms)
+    assert len(result.teacher_latency_ms) == 2  # one teacher timing per interleaved round
     # Every tower shares the teacher's document tower: one document entry, plus one query entry per query tower
     # (the teacher's own, four untrained ones, the student).
     assert len(list((tmp_path / "cache").glob("*.npy"))) == 1 + 6
     png = plot_tradeoff(result, tmp_path / "plot.png")
     assert png.startswith(b"\x89PNG") and (tmp_path / "plot.png").read_bytes() == png
+    assert plot_tradeoff(result, speed="cpu") != png  # a different x axis
+    with pytest.raises(ValueError, match="speed must be"):
+        plot_tradeoff(result, speed="gpu")
     again = TradeoffResult.from_dict(result.to_dict())
     assert again.rows == result.rows
     assert "| first_last 2L | untrained | first_last | 2 | 0,3 |" in result.to_markdown()
