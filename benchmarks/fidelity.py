@@ -42,6 +42,22 @@ SHARED = Path(__file__).resolve().parents[2] / "shared"
 PUBLISHED = {"scifact": 64.51, "nfcorpus": 31.59}
 TASKS = {"scifact": "SciFact", "nfcorpus": "NFCorpus"}
 VARIANTS = ("asym-st", "mteb-cache", "mteb-default")
+NOTES = [
+    "- Data version: the mteb mirrors in ../shared/data/hf-datasets/mteb/ were built from the BEIR folders in "
+    "../shared/data/beir/ (identical corpus, queries and qrels: checked by `tests/evaluation/test_sources.py`), not "
+    "downloaded at the Hub revision mteb pins (for SciFact `d56462d…`). mteb's own task loader reads them after "
+    "`task.metadata.dataset['path']` is pointed at the folder; a local folder has no revision to check.",
+    "- Truncation: max_seq_length 256 word pieces (the model's configured default, as on the leaderboard); queries "
+    "and documents are truncated the same way on every path.",
+    "- asym-st vs mteb on NFCorpus (+0.07): two queries (PLAIN-634, PLAIN-3131) have near-duplicate documents "
+    "(e.g. MED-4620 / MED-5010) whose cosine scores tie up to the last float32 bit in their top 10; faiss's inner "
+    "product and mteb's torch cosine round differently, so the tie is broken differently. Scoring mteb's own run "
+    "(its prediction file) with asym-st's pytrec_eval path gives 31.594, mteb's figure: the metric code agrees.",
+    "- `mteb-cache` is `mteb.evaluate` with asym-st's `AsymSTEncoder`: mteb's `SentenceTransformerEncoderWrapper` "
+    "whose embeddings come from asym-st's shared cache (the corpus was encoded once, by `encode_document`). "
+    "`mteb-default` is mteb's unmodified path (no asym-st code encodes anything); it is the figure for the fidelity "
+    "claim. Both route queries through `encode_query` and documents through `encode_document`.",
+]
 
 
 def _run_variant(model, key: str, variant: str, args) -> dict:
@@ -108,10 +124,16 @@ def main() -> None:
     parser.add_argument("--variants", default="asym-st,mteb-cache")
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--name", default="fidelity")
+    parser.add_argument("--markdown-only", action="store_true", help="only rewrite the markdown from the JSON")
     args = parser.parse_args()
 
     json_path = RESULTS / f"{args.name}.json"
     report = json.loads(json_path.read_text()) if json_path.is_file() else {"datasets": {}, "commands": []}
+    report["notes"] = NOTES
+    if args.markdown_only:
+        atomic_write_json(json_path, report)
+        atomic_write_text(RESULTS / f"{args.name}.md", _markdown(report))
+        return
     model = SentenceTransformer(args.model, device="cpu")
     report.update(
         model=args.model,

@@ -159,7 +159,13 @@ def load_mteb_task(
         raise ValueError(f"mteb task {task_name!r} is a {task.metadata.type} task, not a retrieval task.")
     if split not in task.eval_splits:
         raise BeirFormatError(f"mteb task {task_name}: no split {split!r}; its eval splits are {task.eval_splits}.")
-    task.load_data()
+    try:
+        task.load_data()
+    except ConnectionError as error:  # datasets reports an unreachable / offline Hub this way
+        raise BeirFormatError(
+            f"mteb task {task_name}: could not load {task.metadata.dataset['path']} ({error}). Offline, pass a local "
+            "mirror of the dataset repo (mirror=... / --data-mirror DIR)."
+        ) from error
     task.convert_v1_dataset_format_to_v2(num_proc=None)
     subsets = list(task.dataset)
     if len(subsets) != 1:

@@ -265,14 +265,21 @@ def run_mteb(
     if not use_cache:
         encoder = _plain_wrapper(st_model, label)
     result_cache = mteb.ResultCache(cache_path=Path(output_folder)) if output_folder else None
-    model_result = mteb.evaluate(
-        encoder,
-        resolved,
-        cache=result_cache,
-        overwrite_strategy="always",
-        encode_kwargs={"batch_size": batch_size, "show_progress_bar": show_progress_bar},
-        show_progress_bar=show_progress_bar,
-    )
+    try:
+        model_result = mteb.evaluate(
+            encoder,
+            resolved,
+            cache=result_cache,
+            overwrite_strategy="always",
+            encode_kwargs={"batch_size": batch_size, "show_progress_bar": show_progress_bar},
+            show_progress_bar=show_progress_bar,
+        )
+    except ConnectionError as error:  # datasets reports an unreachable / offline Hub this way
+        names = ", ".join(task.metadata.name for task in resolved)
+        raise ValueError(
+            f"mteb could not load the data of {names} ({error}). Offline, point the task at a local mirror of its "
+            "dataset repo (mirror=... / --data-mirror DIR)."
+        ) from error
     return list(model_result.task_results)
 
 

@@ -99,3 +99,12 @@ def test_mteb_task_from_local_mirror_equals_beir_folder(tmp_path):
     assert via_mteb.qrels == beir.qrels
     assert via_mteb.corpus == beir.corpus
     shutil.rmtree(tmp_path, ignore_errors=True)
+
+
+def test_offline_mteb_task_without_mirror_names_the_fix():
+    import os
+
+    if os.environ.get("HF_DATASETS_OFFLINE") != "1":
+        pytest.skip("needs HF_DATASETS_OFFLINE=1 (as in CI), else datasets would try the network")
+    with pytest.raises(BeirFormatError, match="--data-mirror"):
+        load_retrieval_source("mteb:SciFact")
