@@ -335,7 +335,7 @@ def plot_tradeoff(
     axes.set_ylabel(f"retention of nDCG@10 on {result.dataset} (%)")
     axes.set_title(title or f"Quality vs speed: query towers of {result.teacher.split('/')[-1]}", fontsize=10)
     axes.grid(alpha=0.3)
-    axes.legend(fontsize=8, loc="lower left")
+    axes.legend(fontsize=8, loc="upper right")
     figure.tight_layout()
     buffer = io.BytesIO()
     figure.savefig(buffer, format="png")
