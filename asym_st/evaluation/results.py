@@ -4,6 +4,7 @@ Layout (every file written atomically)::
 
     eval/retrieval/<dataset>__<split>.json            RetrievalResult.to_dict()
     eval/retrieval/<dataset>__<split>.per_query.json  {query_id: {metric: value}}
+    eval/retrieval/<dataset>__<split>__mteb.json       the same schema, scored by mteb's evaluator
     eval/retention.json                               RetentionReport.to_dict()
     eval/latency.json                                 {"results": [LatencyResult.to_dict(), ...], "speedup": {...}}
     eval/tradeoff.json, eval/tradeoff.png             the quality/speed sweep
@@ -99,6 +100,8 @@ def save_results(
         per_query = full.pop("per_query", None)
         full.pop("run", None)
         stem = result_file_stem(full["dataset"], full["split"])
+        if not str(full.get("evaluator", "asym-st")).startswith("asym-st"):
+            stem += "__mteb"  # the same dataset scored by mteb's evaluator is kept next to asym-st's, not over it
         record("retrieval", atomic_write_json(eval_dir / "retrieval" / f"{stem}.json", full))
         if per_query:
             record("retrieval", atomic_write_json(eval_dir / "retrieval" / f"{stem}.per_query.json", per_query))

@@ -81,3 +81,11 @@ def test_errors_name_the_problem(tmp_path):
     (tmp_path / "eval" / "retention.json").write_text("{broken")
     with pytest.raises(ValueError, match="retention.json"):
         load_results(tmp_path)
+
+
+def test_mteb_scored_result_does_not_overwrite_asym_st_result(tmp_path):
+    mteb_scored = _result(ndcg=0.6)
+    mteb_scored.evaluator = "mteb 2.26.24"
+    save_results(tmp_path, retrieval=[_result(ndcg=0.5), mteb_scored])
+    stored = {r["evaluator"]: r["metrics"]["ndcg_at_10"] for r in load_results(tmp_path)["retrieval"]}
+    assert stored == {"asym-st": 0.5, "mteb 2.26.24": 0.6}
