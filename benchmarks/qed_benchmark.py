@@ -86,6 +86,9 @@ def main() -> None:
                 "output": distilled["output"],
             }
         )
+    for spec in args.untrained_only:
+        layers = [int(x) for x in spec.split(",")]
+        variants.append({"layers": layers, "untrained": _untrained(config, layers, datasets)})
     result = {
         "command": "python benchmarks/qed_benchmark.py " + " ".join(sys.argv[1:]),
         "config": config.to_dict(),
