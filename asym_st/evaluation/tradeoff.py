@@ -326,8 +326,17 @@ def plot_tradeoff(
         axes.plot(xs, ys, marker="o", label=f"untrained, {strategy}")
         for row, x, y in zip(rows, xs, ys, strict=True):
             axes.annotate(f"{row.layers}L", (x, y), textcoords="offset points", xytext=(4, 4), fontsize=8)
-    for row in (r for r in result.rows if r.kind == "trained"):
-        axes.scatter([speedup(row)], [(row.retention or 0.0) * 100], marker="*", s=160, zorder=3, label=row.name)
+    trained = [r for r in result.rows if r.kind == "trained"]
+    for index, row in enumerate(trained):
+        axes.scatter(
+            [speedup(row)],
+            [(row.retention or 0.0) * 100],
+            marker="*",
+            s=180,
+            zorder=3,
+            color=f"C{index + 2}",
+            label=f"{row.name} ({row.strategy or 'trained'}, {row.layers}L)",
+        )
     axes.scatter([speedup(teacher)], [100.0], marker="s", color="black", zorder=3, label=f"teacher ({teacher.layers}L)")
     axes.axhline(100.0, color="grey", linewidth=0.8, linestyle=":")
     clock = "CPU time" if speed == "cpu" else "wall time"
