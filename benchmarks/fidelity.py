@@ -68,6 +68,7 @@ def _run_variant(model, key: str, variant: str, args) -> dict:
         data = result.to_dict()
     else:
         mirror = SHARED / "data" / "hf-datasets" / "mteb" / key
+        sizes: dict = {}
         task_results = run_mteb(
             model,
             [TASKS[key]],
@@ -75,12 +76,14 @@ def _run_variant(model, key: str, variant: str, args) -> dict:
             use_cache=variant == "mteb-cache",
             batch_size=args.batch_size,
             name=args.model,
+            sizes=sizes,
         )
         raw_dir = RESULTS / "fidelity_mteb" / variant
         raw_dir.mkdir(parents=True, exist_ok=True)
         raw = raw_dir / f"{result_file_stem(TASKS[key], 'result')}.json"
         task_results[0].to_disk(raw)
-        data = mteb_to_retrieval_result(task_results[0], args.model, source=str(mirror)).to_dict()
+        counts = sizes.get(TASKS[key], {}).get("test", {})
+        data = mteb_to_retrieval_result(task_results[0], args.model, source=str(mirror), **counts).to_dict()
         data["mteb_result_file"] = str(raw.relative_to(RESULTS.parent.parent))
     data["wall_s"] = round(time.perf_counter() - started, 1)
     return data

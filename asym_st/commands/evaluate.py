@@ -137,6 +137,7 @@ def run_evaluate(args: argparse.Namespace) -> dict:
         teacher_results = []
     for index, task in enumerate(args.mteb_task):
         mirror = args.data_mirror[index] if args.data_mirror else None
+        sizes: dict = {}
         task_results = run_mteb(
             model,
             [task],
@@ -145,9 +146,12 @@ def run_evaluate(args: argparse.Namespace) -> dict:
             batch_size=args.batch_size,
             show_progress_bar=not args.quiet,
             name=name,
+            sizes=sizes,
         )
         mteb_results += task_results
-        results += [mteb_to_retrieval_result(r, name, split=args.split, source=mirror) for r in task_results]
+        for r in task_results:
+            counts = sizes.get(r.task_name, {}).get(args.split, {})
+            results.append(mteb_to_retrieval_result(r, name, split=args.split, source=mirror, **counts))
 
     _print(_results_table(results + teacher_results))
     if retention is not None:

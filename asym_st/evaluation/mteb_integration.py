@@ -234,6 +234,7 @@ def run_mteb(
     batch_size: int = 32,
     show_progress_bar: bool = True,
     name: str | None = None,
+    sizes: dict[str, dict[str, dict[str, int]]] | None = None,
 ) -> list:
     """``mteb.evaluate`` on an asym-st (or any sentence-transformers) model; returns mteb ``TaskResult`` objects.
 
@@ -248,6 +249,8 @@ def run_mteb(
         output_folder: where mteb writes its result JSON (an mteb ``ResultCache``); ``None`` writes nothing.
         batch_size: encoding batch size.
         name: model name recorded in mteb's results.
+        sizes: a dict to fill with ``{task: {split: {"num_queries": n, "num_documents": m}}}`` as mteb evaluated
+            them (queries without a relevant document are dropped by mteb); mteb's scores do not record them.
 
     Example::
 
@@ -259,6 +262,9 @@ def run_mteb(
     if isinstance(tasks, (str, os.PathLike, RetrievalDataset)) or not isinstance(tasks, Sequence):
         tasks = [tasks]
     resolved = [resolve_mteb_task(task, mirror) for task in tasks]
+    if sizes is not None:
+        for task in resolved:
+            _load_task_data(task)  # loaded here, mteb keeps the data after evaluating, so it can be counted
     st_model = load_model(model)
     label = name or model_name(model if isinstance(model, (str, os.PathLike)) else st_model)
     encoder = AsymSTEncoder(st_model, cache=cache, use_cache=use_cache, name=label)
@@ -280,7 +286,29 @@ def run_mteb(
             f"mteb could not load the data of {names} ({error}). Offline, point the task at a local mirror of its "
             "dataset repo (mirror=... / --data-mirror DIR)."
         ) from error
+    if sizes is not None:
+        for task in resolved:
+            sizes[task.metadata.name] = _task_sizes(task)
+            task.unload_data()
     return list(model_result.task_results)
+
+
+def _load_task_data(task) -> None:
+    try:
+        task.load_data()
+    except ConnectionError as error:
+        raise ValueError(
+            f"mteb could not load the data of {task.metadata.name} ({error}). Offline, point the task at a local "
+            "mirror of its dataset repo (mirror=... / --data-mirror DIR)."
+        ) from error
+
+
+def _task_sizes(task) -> dict[str, dict[str, int]]:
+    sizes = {}
+    for subset in (task.dataset or {}).values():
+        for split, data in subset.items():
+            sizes[split] = {"num_queries": len(data["queries"]), "num_documents": len(data["corpus"])}
+    return sizes
 
 
 def _plain_wrapper(model: SentenceTransformer, name: str):
@@ -297,6 +325,7 @@ def mteb_to_retrieval_result(
     split: str = "test",
     num_documents: int | None = None,
     source: str | None = None,
+    num_queries: int | None = None,
 ) -> RetrievalResult:
     """An mteb ``TaskResult`` of a retrieval task in asym-st's :class:`RetrievalResult` schema.
 
@@ -321,7 +350,7 @@ def mteb_to_retrieval_result(
         split=split,
         source=source or f"{MTEB_PREFIX}{task_result.task_name}",
         metrics=metrics,
-        num_queries=int(main.get("num_queries", 0) or 0),
+        num_queries=int(num_queries or 0),
         num_documents=int(num_documents or 0),
         evaluator=f"mteb {mteb_version()}",
         timings={"evaluation_s": float(task_result.evaluation_time or 0.0)},

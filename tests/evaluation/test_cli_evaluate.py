@@ -41,6 +41,7 @@ def test_evaluate_with_teacher_and_mteb_task(tiny_model_dir, tiny_teacher_path, 
     assert [r["evaluator"].split()[0] for r in summary["results"]] == ["asym-st", "mteb"]
     ours, theirs = summary["results"]
     assert theirs["metrics"]["ndcg_at_10"] == pytest.approx(ours["metrics"]["ndcg_at_10"], abs=1e-4)
+    assert (theirs["num_queries"], theirs["num_documents"]) == (ours["num_queries"], ours["num_documents"]) == (4, 8)
     stored = load_results(tiny_model_dir)
     assert stored["retention"]["rows"][0]["dataset"] == "tiny_beir"
     assert {r["evaluator"].split()[0] for r in stored["retrieval"]} <= {"asym-st", "mteb"}
