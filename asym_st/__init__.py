@@ -26,6 +26,16 @@ from asym_st.modeling import (
     save_tower,
     tower_modules,
 )
+from asym_st.training import (
+    DAFTConfig,
+    EmbedDistillConfig,
+    QEDConfig,
+    TASBalancedConfig,
+    distill_query_tower,
+    embed_distill,
+    tas_balanced,
+    train_daft,
+)
 from asym_st.utils import OutputExistsError
 
 __version__ = "0.1.0"
@@ -51,6 +61,14 @@ __all__ = [
     "save_asymmetric_model",
     "save_tower",
     "tower_modules",
+    "QEDConfig",
+    "distill_query_tower",
+    "EmbedDistillConfig",
+    "embed_distill",
+    "DAFTConfig",
+    "train_daft",
+    "TASBalancedConfig",
+    "tas_balanced",
     "CardConfig",
     "PushConfig",
     "push_model",

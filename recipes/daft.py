@@ -20,25 +20,15 @@ from __future__ import annotations
 import json
 import sys
 
-from transformers import HfArgumentParser
-
+from asym_st.training.config_io import parse_recipe_args
 from asym_st.training.daft import train_daft
 from asym_st.training.daft_config import DAFTConfig
 
-
-def parse_config(argv: list[str]) -> DAFTConfig:
-    if "--config" in argv:
-        position = argv.index("--config")
-        path, rest = argv[position + 1], argv[:position] + argv[position + 2 :]
-        overrides = vars(HfArgumentParser(DAFTConfig).parse_args(rest)) if rest else {}
-        given = {key for key in overrides if any(arg.lstrip("-").replace("-", "_") == key for arg in rest)}
-        return DAFTConfig.from_yaml(path, **{key: overrides[key] for key in given})
-    (config,) = HfArgumentParser(DAFTConfig).parse_args_into_dataclasses(argv)
-    return config
+CONFIG = DAFTConfig
 
 
 if __name__ == "__main__":
-    result = train_daft(parse_config(sys.argv[1:]))
+    result = train_daft(parse_recipe_args(CONFIG, sys.argv[1:]))
     if result.output_dir is not None:  # the main process
         for name, stage in result.stages.items():
             print(f"stage {name}: {stage.steps} steps, best {stage.metric} = {stage.best_metric}")

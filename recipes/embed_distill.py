@@ -14,26 +14,13 @@ from __future__ import annotations
 
 import sys
 
-from transformers import HfArgumentParser
-
 from asym_st.training import EmbedDistillConfig, embed_distill
+from asym_st.training.config_io import parse_recipe_args
 
-
-def parse_config(argv: list[str]) -> EmbedDistillConfig:
-    """``--config FILE`` (YAML) plus ``--field value`` overrides, or all fields as flags."""
-    parser = HfArgumentParser(EmbedDistillConfig)
-    if "--config" not in argv:
-        (config,) = parser.parse_args_into_dataclasses(argv)
-        return config
-    position = argv.index("--config")
-    path, rest = argv[position + 1], argv[:position] + argv[position + 2 :]
-    parsed = vars(parser.parse_args(rest)) if rest else {}
-    # Only the flags actually given override the file (the parser fills every other field with its default).
-    given = {key for key in parsed if any(arg.lstrip("-").replace("-", "_") == key for arg in rest)}
-    return EmbedDistillConfig.from_yaml(path, **{key: parsed[key] for key in given})
+CONFIG = EmbedDistillConfig
 
 
 if __name__ == "__main__":
-    result = embed_distill(parse_config(sys.argv[1:]))
+    result = embed_distill(parse_recipe_args(CONFIG, sys.argv[1:]))
     if result.retention is not None:
         print(result.retention.to_markdown())

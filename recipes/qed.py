@@ -13,23 +13,13 @@ from __future__ import annotations
 
 import sys
 
-from transformers import HfArgumentParser
-
 from asym_st.training import QEDConfig, distill_query_tower
+from asym_st.training.config_io import parse_recipe_args
 
-
-def parse_config(argv: list[str]) -> QEDConfig:
-    if "--config" in argv:
-        position = argv.index("--config")
-        path, rest = argv[position + 1], argv[:position] + argv[position + 2 :]
-        overrides = vars(HfArgumentParser(QEDConfig).parse_args(rest)) if rest else {}
-        given = {key for key in overrides if any(arg.lstrip("-").replace("-", "_") == key for arg in rest)}
-        return QEDConfig.from_yaml(path, **{key: overrides[key] for key in given})
-    (config,) = HfArgumentParser(QEDConfig).parse_args_into_dataclasses(argv)
-    return config
+CONFIG = QEDConfig
 
 
 if __name__ == "__main__":
-    result = distill_query_tower(parse_config(sys.argv[1:]))
+    result = distill_query_tower(parse_recipe_args(CONFIG, sys.argv[1:]))
     if result.retention is not None:
         print(result.retention.to_markdown())

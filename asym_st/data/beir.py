@@ -23,7 +23,15 @@ from pathlib import Path
 
 from asym_st.utils.io import atomic_directory
 
-__all__ = ["BeirFormatError", "RetrievalDataset", "load_beir", "document_text", "available_splits", "default_cache_dir"]
+__all__ = [
+    "BeirFormatError",
+    "RetrievalDataset",
+    "load_beir",
+    "document_text",
+    "available_splits",
+    "default_cache_dir",
+    "split_dataset_spec",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -221,6 +229,14 @@ def _unpack_zip(path: Path, cache_dir: Path | None) -> Path:
             with atomic_directory(target) as tmp:
                 archive.extractall(tmp)
     return target / Path(corpus_members[0]).parent
+
+
+def split_dataset_spec(spec: str, default_split: str = "test") -> tuple[str, str]:
+    """``FOLDER`` or ``FOLDER:split`` → ``(folder, split)`` (a path that itself contains ``:`` is kept whole)."""
+    if ":" in spec and not os.path.exists(spec):
+        folder, split = spec.rsplit(":", 1)
+        return folder, split
+    return spec, default_split
 
 
 def load_beir(

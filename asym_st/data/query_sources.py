@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -25,7 +25,14 @@ from asym_st.data.beir import RetrievalDataset, load_beir
 from asym_st.data.queries import QueryFileError, QuerySet, clean_queries, read_query_file
 from asym_st.data.query_generation import SpanQueryGenerator
 
-__all__ = ["QuerySource", "parse_query_source", "load_query_source", "collect_training_queries"]
+__all__ = [
+    "QuerySource",
+    "parse_query_source",
+    "load_query_source",
+    "collect_training_queries",
+    "evaluation_query_texts",
+    "without_evaluation_queries",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -126,6 +133,21 @@ def _normalise(text: str) -> str:
     return " ".join(text.lower().split())
 
 
+def evaluation_query_texts(datasets: Iterable[RetrievalDataset]) -> set[str]:
+    """The normalised, lower-cased texts of the datasets' queries: what the leakage guard matches on."""
+    return {_normalise(text) for dataset in datasets for text in dataset.queries.values()}
+
+
+def without_evaluation_queries(
+    queries: Mapping[str, str], exclude: Iterable[RetrievalDataset]
+) -> tuple[dict[str, str], list[str]]:
+    """The leakage guard for labelled training queries: ``queries`` minus those whose text is an evaluation
+    query of ``exclude`` (the same query under another id included). Returns (kept, dropped ids)."""
+    banned = evaluation_query_texts(exclude)
+    kept = {qid: text for qid, text in queries.items() if _normalise(text) not in banned}
+    return kept, [qid for qid in queries if qid not in kept]
+
+
 def collect_training_queries(
     sources: Sequence[str | QuerySource],
     exclude: Iterable[RetrievalDataset] = (),
@@ -144,7 +166,7 @@ def collect_training_queries(
     """
     if not sources:
         raise QueryFileError("No training query source given.")
-    banned = {_normalise(text) for dataset in exclude for text in dataset.queries.values()}
+    banned = evaluation_query_texts(exclude)
     ids, texts, notes = [], [], []
     dropped_empty = dropped_duplicates = 0
     for source in sources:

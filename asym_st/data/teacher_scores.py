@@ -156,7 +156,7 @@ class BiEncoderScorer:
         )
 
     def prepare(self, query_ids, passage_ids, queries, corpus, show_progress_bar: bool = True) -> None:
-        query_order, passage_order = sorted(set(query_ids)), sorted(set(passage_ids))
+        query_order, passage_order = _encoding_order(query_ids, queries), _encoding_order(passage_ids, corpus)
         self._query_rows = {q: i for i, q in enumerate(query_order)}
         self._passage_rows = {p: i for i, p in enumerate(passage_order)}
         encode = dict(batch_size=self.batch_size, show_progress_bar=show_progress_bar)
@@ -173,6 +173,15 @@ class BiEncoderScorer:
         q = torch.from_numpy(np.asarray(self._query_embeddings[[self._query_rows[i] for i in query_ids]]))
         p = torch.from_numpy(np.asarray(self._passage_embeddings[[self._passage_rows[i] for i in passage_ids]]))
         return self.model.similarity_pairwise(q, p).cpu().numpy().astype(np.float32).reshape(-1)
+
+
+def _encoding_order(needed_ids, texts: Mapping[str, str]) -> list[str]:
+    """The ids to encode: all of ``texts`` in their own order when most are needed, so that the embeddings are
+    the same cache entry as mining's and evaluation's (the cache is keyed by the text list); else only those."""
+    needed = set(needed_ids)
+    if len(needed) * 2 >= len(texts) and needed <= texts.keys():
+        return list(texts)
+    return sorted(needed)
 
 
 class ScoreFileScorer:

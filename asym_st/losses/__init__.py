@@ -2,5 +2,11 @@
 
 from asym_st.losses.dual_teacher_margin_mse import DualTeacherMarginMSELoss
 from asym_st.losses.embed_distill import AsymmetricEmbedDistillLoss, ProjectionShapeError
+from asym_st.losses.frozen_document_margin_mse import FrozenDocumentMarginMSELoss
 
-__all__ = ["AsymmetricEmbedDistillLoss", "DualTeacherMarginMSELoss", "ProjectionShapeError"]
+__all__ = [
+    "AsymmetricEmbedDistillLoss",
+    "DualTeacherMarginMSELoss",
+    "FrozenDocumentMarginMSELoss",
+    "ProjectionShapeError",
+]

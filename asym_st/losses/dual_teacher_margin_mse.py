@@ -15,7 +15,7 @@ from torch import Tensor, nn
 
 from asym_st.modeling.towers import DOCUMENT_ROUTE, QUERY_ROUTE, is_asymmetric, tower_modules
 
-__all__ = ["DualTeacherMarginMSELoss"]
+__all__ = ["DualTeacherMarginMSELoss", "inbatch_margin_mse"]
 
 
 class DualTeacherMarginMSELoss(nn.Module):
@@ -184,7 +184,7 @@ class DualTeacherMarginMSELoss(nn.Module):
         student_scores = self._score_matrix(queries, passages)
         with torch.no_grad():
             teacher_scores = self._teacher_scores(embeddings, teacher_features).to(student_scores)
-        return _inbatch_margin_mse(student_scores, teacher_scores)
+        return inbatch_margin_mse(student_scores, teacher_scores)
 
     def _score_matrix(self, queries: Tensor, passages: Tensor) -> Tensor:
         # Every (query, passage) score with the pairwise similarity_fct, so both losses use one definition.
@@ -238,7 +238,7 @@ class DualTeacherMarginMSELoss(nn.Module):
 """
 
 
-def _inbatch_margin_mse(student_scores: Tensor, teacher_scores: Tensor) -> Tensor:
+def inbatch_margin_mse(student_scores: Tensor, teacher_scores: Tensor) -> Tensor:
     """``student_scores`` / ``teacher_scores``: ``batch × (batch · columns)``, passage ``j`` belongs to row ``j % batch``
     and row ``i``'s positive is passage ``i``."""
     batch_size, num_passages = student_scores.shape

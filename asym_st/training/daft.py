@@ -76,10 +76,10 @@ from asym_st.modeling import (
 )
 from asym_st.modeling.light_encoders import build_light_asymmetric_model
 from asym_st.training.collapse import CollapseCallback, tower_diagnostics
+from asym_st.training.config_io import ConfigError
 from asym_st.training.daft_config import DAFTConfig, StageSettings
-from asym_st.training.qed import _resume_checkpoint, _training_arguments, load_eval_dataset
-from asym_st.training.qed_config import ConfigError
 from asym_st.training.reporting import TRAINING_CONFIG_FILE, evaluate_and_save
+from asym_st.training.trainer_setup import load_eval_dataset, resume_checkpoint, training_arguments
 from asym_st.utils.io import atomic_write_json
 
 __all__ = [
@@ -466,7 +466,7 @@ def _run_trainer(
     model = trainer.model
     start = {name: tensor.detach().clone() for name, tensor in model.state_dict().items()}
     started = time.perf_counter()
-    trainer.train(resume_from_checkpoint=_resume_checkpoint(stage))
+    trainer.train(resume_from_checkpoint=resume_checkpoint(stage))
     state = trainer.state
     report.initial_metric = initial_metric
     best = state.best_metric
@@ -511,7 +511,7 @@ def align_stage(
     collapse = _collapse_callback(config, stage, data)
     trainer = SentenceTransformerTrainer(
         model=model,
-        args=_training_arguments(
+        args=training_arguments(
             stage,
             has_dev=True,
             load_best_model_at_end=True,
@@ -578,7 +578,7 @@ def finetune_stage(
     train_dataset, loss, extra = _contrastive_setup(model, data, config, document_frozen=not both)
     trainer = SentenceTransformerTrainer(
         model=model,
-        args=_training_arguments(
+        args=training_arguments(
             stage,
             has_dev=True,
             load_best_model_at_end=True,

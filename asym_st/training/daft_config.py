@@ -2,16 +2,13 @@
 
 from __future__ import annotations
 
-import os
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
-import yaml
-
+from asym_st.data.beir import split_dataset_spec
 from asym_st.modeling.light_encoders import LightEncoderConfig
 from asym_st.training.collapse import CollapseDetector
-from asym_st.training.qed_config import ConfigError
+from asym_st.training.config_io import ConfigError, YamlConfigMixin
 
 __all__ = ["DAFTConfig", "StageSettings", "STAGES"]
 
@@ -28,7 +25,7 @@ _DEFAULT_LEARNING_RATES = {"static": 0.05, "transformer": 1e-4}
 @dataclass
 class StageSettings:
     """The optimisation settings of one stage, with the field names that the shared trainer-argument builder
-    (:func:`asym_st.training.qed._training_arguments`) and resume logic read."""
+    (:func:`asym_st.training.trainer_setup.training_arguments`) and resume logic read."""
 
     name: str
     resolved_checkpoint_dir: str
@@ -49,7 +46,7 @@ class StageSettings:
 
 
 @dataclass
-class DAFTConfig:
+class DAFTConfig(YamlConfigMixin):
     """DAFT (Leonhardt et al., 2022) settings: heterogeneous towers, stage 1 (alignment), stage 2 (contrastive).
 
     Stage 1 freezes the document tower and trains the query tower until the k-NN KL divergence between the two
@@ -332,36 +329,6 @@ class DAFTConfig:
             report_to=self.report_to,
         )
 
-    # ------------------------------------------------------------------------------------------- I/O
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any], source: str = "config") -> DAFTConfig:
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ConfigError(f"{source}: unknown field(s) {unknown}; valid fields: {sorted(known)}.")
-        try:
-            return cls(**data)
-        except ConfigError as error:
-            raise ConfigError(f"{source}: {error}") from error
-
-    @classmethod
-    def from_yaml(cls, path: str | os.PathLike, **overrides: Any) -> DAFTConfig:
-        """Read a YAML config; keyword ``overrides`` win over the file (e.g. from the command line)."""
-        path = Path(path)
-        try:
-            data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-        except FileNotFoundError as error:
-            raise ConfigError(f"Config file {path} does not exist.") from error
-        except yaml.YAMLError as error:
-            raise ConfigError(f"{path}: invalid YAML: {error}") from error
-        if not isinstance(data, dict):
-            raise ConfigError(f"{path}: expected a mapping of field: value at the top level.")
-        return cls.from_dict({**data, **overrides}, source=str(path))
-
 
 def _folder(spec: str) -> str:
-    return spec.rsplit(":", 1)[0] if ":" in spec and not os.path.exists(spec) else spec
+    return split_dataset_spec(spec)[0]

@@ -48,15 +48,15 @@ from asym_st.losses.embed_distill import AsymmetricEmbedDistillLoss
 from asym_st.modeling import QueryTowerConfig, build_asymmetric_model, extract_tower, tower_modules
 from asym_st.training.dev_evaluator import RetrievalDevEvaluator
 from asym_st.training.embed_distill_config import EmbedDistillConfig
-from asym_st.training.qed import (
-    QEDResult,
-    _dev_dataset,
-    _resume_checkpoint,
-    _teacher_targets,
-    _training_arguments,
-    load_eval_dataset,
-)
+from asym_st.training.qed import QEDResult
 from asym_st.training.reporting import evaluate_and_save
+from asym_st.training.trainer_setup import (
+    dev_dataset,
+    load_eval_dataset,
+    resume_checkpoint,
+    teacher_query_targets,
+    training_arguments,
+)
 from asym_st.utils.io import atomic_write_text
 
 __all__ = ["EmbedDistillResult", "embed_distill", "make_query_generator", "select_candidates"]
@@ -276,14 +276,14 @@ def embed_distill(
     state = PartialState()
     model, teacher = _student(config)
     eval_datasets = [load_eval_dataset(spec) for spec in config.eval_datasets]
-    dev = _dev_dataset(config)
+    dev = dev_dataset(config)
     excluded = eval_datasets + ([dev] if dev is not None else []) if config.exclude_eval_queries else []
     with state.main_process_first():
         generated_files, generation_reports = _generated_query_files(config)
     queries = collect_training_queries(
         list(config.train_queries) + generated_files, exclude=excluded, limit=config.max_train_queries
     )
-    targets = _teacher_targets(teacher, queries, config)
+    targets = teacher_query_targets(teacher, queries, config)
     train_dataset, router_mapping, candidate_facts = _training_dataset(queries, targets, teacher, config)
     loss = AsymmetricEmbedDistillLoss(
         model,
@@ -297,14 +297,14 @@ def embed_distill(
     dev_evaluator = RetrievalDevEvaluator(dev, config.teacher_batch_size, cache_dir=config.cache_dir) if dev else None
     trainer = SentenceTransformerTrainer(
         model=model,
-        args=_training_arguments(config, has_dev=dev_evaluator is not None, router_mapping=router_mapping),
+        args=training_arguments(config, has_dev=dev_evaluator is not None, router_mapping=router_mapping),
         train_dataset=train_dataset,
         loss=loss,
         evaluator=dev_evaluator,
         callbacks=list(callbacks),
     )
     started = time.perf_counter()
-    trainer.train(resume_from_checkpoint=_resume_checkpoint(config))
+    trainer.train(resume_from_checkpoint=resume_checkpoint(config))
     result = EmbedDistillResult(
         model=model,
         output_dir=None,

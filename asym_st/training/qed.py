@@ -27,16 +27,9 @@ from typing import Any
 import numpy as np
 from accelerate import PartialState
 from datasets import Dataset
-from sentence_transformers import (
-    SentenceTransformer,
-    SentenceTransformerTrainer,
-    SentenceTransformerTrainingArguments,
-)
+from sentence_transformers import SentenceTransformer, SentenceTransformerTrainer
 from transformers import TrainerCallback
-from transformers.trainer_utils import get_last_checkpoint
 
-from asym_st.data.beir import RetrievalDataset, load_beir
-from asym_st.data.cache import EmbeddingCache
 from asym_st.data.queries import QuerySet
 from asym_st.data.query_sources import collect_training_queries
 from asym_st.losses.embedding_alignment import EmbeddingAlignmentLoss
@@ -44,6 +37,13 @@ from asym_st.modeling import QueryTowerConfig, build_asymmetric_model, extract_t
 from asym_st.training.dev_evaluator import RetrievalDevEvaluator
 from asym_st.training.qed_config import QEDConfig
 from asym_st.training.reporting import evaluate_and_save
+from asym_st.training.trainer_setup import (
+    dev_dataset,
+    load_eval_dataset,
+    resume_checkpoint,
+    teacher_query_targets,
+    training_arguments,
+)
 
 __all__ = ["QEDResult", "distill_query_tower", "load_eval_dataset"]
 
@@ -61,65 +61,6 @@ class QEDResult:
     latency: dict[str, Any] | None = None
     train_seconds: float = 0.0
     log_history: list[dict[str, Any]] = field(default_factory=list)
-
-
-def load_eval_dataset(spec: str, default_split: str = "test") -> RetrievalDataset:
-    """``FOLDER`` or ``FOLDER:split`` → a validated :class:`RetrievalDataset`."""
-    folder, split = spec, default_split
-    if ":" in spec and not Path(spec).exists():
-        folder, split = spec.rsplit(":", 1)
-    return load_beir(folder, split=split)
-
-
-def _teacher_targets(teacher: SentenceTransformer, queries: QuerySet, config: QEDConfig) -> np.ndarray:
-    cache = EmbeddingCache(Path(config.cache_dir) / "embeddings" if config.cache_dir else None)
-    # The main process encodes and writes the cache; the other ranks then read it back.
-    with PartialState().main_process_first():
-        return cache.encode(
-            teacher, queries.texts, route="query", batch_size=config.teacher_batch_size, description="teacher targets"
-        )
-
-
-def _training_arguments(config: QEDConfig, has_dev: bool, **overrides: Any) -> SentenceTransformerTrainingArguments:
-    """Trainer arguments from ``config`` (a :class:`QEDConfig`, or any object with its optimisation fields, such
-    as a DAFT stage); ``overrides`` (``router_mapping``, ``load_best_model_at_end``, ...) win."""
-    eval_steps = config.eval_steps or config.save_steps
-    arguments = dict(
-        output_dir=config.resolved_checkpoint_dir,
-        router_mapping={"query": "query"},
-        learning_rate=config.learning_rate,
-        warmup_ratio=config.warmup_ratio,
-        weight_decay=config.weight_decay,
-        num_train_epochs=config.num_train_epochs,
-        max_steps=config.max_steps,
-        per_device_train_batch_size=config.per_device_train_batch_size,
-        logging_steps=config.logging_steps,
-        save_strategy="steps",
-        save_steps=config.save_steps,
-        save_total_limit=config.save_total_limit,
-        eval_strategy="steps" if has_dev else "no",
-        eval_steps=eval_steps if has_dev else None,
-        seed=config.seed,
-        data_seed=config.seed,
-        report_to=config.report_to,
-        dataloader_drop_last=False,
-        remove_unused_columns=False,
-    )
-    return SentenceTransformerTrainingArguments(**{**arguments, **overrides})
-
-
-def _resume_checkpoint(config: QEDConfig) -> str | None:
-    if config.resume_from_checkpoint in (None, "", "none"):
-        return None
-    if config.resume_from_checkpoint == "auto":
-        folder = Path(config.resolved_checkpoint_dir)
-        last = get_last_checkpoint(str(folder)) if folder.is_dir() else None
-        if last:
-            logger.info("Resuming from %s", last)
-        return last
-    if not Path(config.resume_from_checkpoint).is_dir():
-        raise FileNotFoundError(f"resume_from_checkpoint: {config.resume_from_checkpoint} does not exist.")
-    return config.resume_from_checkpoint
 
 
 def distill_query_tower(
@@ -159,23 +100,23 @@ def distill_query_tower(
     model.asym_st_record.method = "QED"
     teacher = extract_tower(model, "document", copy_modules=False)
     eval_datasets = [load_eval_dataset(spec) for spec in config.eval_datasets]
-    dev = _dev_dataset(config)
+    dev = dev_dataset(config)
     excluded = eval_datasets + ([dev] if dev is not None else []) if config.exclude_eval_queries else []
     queries = collect_training_queries(config.train_queries, exclude=excluded, limit=config.max_train_queries)
-    targets = _teacher_targets(teacher, queries, config)
+    targets = teacher_query_targets(teacher, queries, config)
     train_dataset = Dataset.from_dict({"query": queries.texts, "label": np.asarray(targets, dtype=np.float32)})
 
     dev_evaluator = RetrievalDevEvaluator(dev, config.teacher_batch_size, cache_dir=config.cache_dir) if dev else None
     trainer = SentenceTransformerTrainer(
         model=model,
-        args=_training_arguments(config, has_dev=dev_evaluator is not None),
+        args=training_arguments(config, has_dev=dev_evaluator is not None),
         train_dataset=train_dataset,
         loss=EmbeddingAlignmentLoss(model, distance_metric=config.distance),
         evaluator=dev_evaluator,
         callbacks=list(callbacks),
     )
     started = time.perf_counter()
-    trainer.train(resume_from_checkpoint=_resume_checkpoint(config))
+    trainer.train(resume_from_checkpoint=resume_checkpoint(config))
     result = QEDResult(
         model=model,
         output_dir=None,
@@ -187,11 +128,3 @@ def distill_query_tower(
         evaluate_and_save(result, teacher, eval_datasets, config, evaluate=evaluate)
     state.wait_for_everyone()
     return result
-
-
-def _dev_dataset(config: QEDConfig) -> RetrievalDataset | None:
-    if not config.dev_dataset:
-        return None
-    return load_eval_dataset(config.dev_dataset, default_split="dev").subsample(
-        max_queries=config.dev_max_queries, max_documents=config.dev_max_documents, seed=config.seed
-    )

@@ -2,24 +2,19 @@
 
 from __future__ import annotations
 
-import os
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
-import yaml
+from asym_st.data.beir import split_dataset_spec
+from asym_st.training.config_io import ConfigError, YamlConfigMixin
 
 __all__ = ["QEDConfig", "ConfigError"]
 
 DISTANCES = ("mse", "l2", "cosine")
 
 
-class ConfigError(ValueError):
-    """A configuration value that cannot work; the message names the field."""
-
-
 @dataclass
-class QEDConfig:
+class QEDConfig(YamlConfigMixin):
     """Query-encoder distillation (QED) settings. Defaults follow the paper: MSE, lr 1e-4 with warm-up, the
     teacher's mean pooling, student layers ``[0, L-1]``.
 
@@ -94,7 +89,7 @@ class QEDConfig:
         if not self.train_queries:
             raise ConfigError("train_queries is empty: name at least one query source (a file, FOLDER:train, ...).")
         for spec in self.eval_datasets + ([self.dev_dataset] if self.dev_dataset else []):
-            folder = spec.rsplit(":", 1)[0] if ":" in spec and not os.path.exists(spec) else spec
+            folder, _ = split_dataset_spec(spec)
             if not Path(folder).is_dir():
                 raise ConfigError(f"Evaluation dataset {spec!r}: folder {folder} does not exist.")
         output = Path(self.output_dir)
@@ -104,28 +99,3 @@ class QEDConfig:
     @property
     def resolved_checkpoint_dir(self) -> str:
         return self.checkpoint_dir or f"{self.output_dir.rstrip('/')}.checkpoints"
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any], source: str = "config") -> QEDConfig:
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ConfigError(f"{source}: unknown field(s) {unknown}; valid fields: {sorted(known)}.")
-        return cls(**data)
-
-    @classmethod
-    def from_yaml(cls, path: str | os.PathLike, **overrides: Any) -> QEDConfig:
-        """Read a YAML config; keyword ``overrides`` win over the file (e.g. from the command line)."""
-        path = Path(path)
-        try:
-            data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-        except FileNotFoundError as error:
-            raise ConfigError(f"Config file {path} does not exist.") from error
-        except yaml.YAMLError as error:
-            raise ConfigError(f"{path}: invalid YAML: {error}") from error
-        if not isinstance(data, dict):
-            raise ConfigError(f"{path}: expected a mapping of field: value at the top level.")
-        return cls.from_dict({**data, **overrides}, source=str(path))

@@ -108,3 +108,14 @@ def test_real_scifact_counts():
     small = data.subsample(max_queries=20, max_documents=200)
     assert len(small.queries) == 20 and len(small.corpus) == 200
     assert all(d in small.corpus for q in small.qrels for d in small.qrels[q])
+
+
+def test_dataset_specs_split_on_the_last_colon(tmp_path):
+    from asym_st.data.beir import split_dataset_spec
+
+    assert split_dataset_spec("../shared/data/beir/nfcorpus:train") == ("../shared/data/beir/nfcorpus", "train")
+    assert split_dataset_spec("../shared/data/beir/nfcorpus") == ("../shared/data/beir/nfcorpus", "test")
+    assert split_dataset_spec("folder", default_split="dev") == ("folder", "dev")
+    odd = tmp_path / "a:b"
+    odd.mkdir()
+    assert split_dataset_spec(str(odd)) == (str(odd), "test")  # a folder whose name has a colon stays whole

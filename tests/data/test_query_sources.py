@@ -74,3 +74,17 @@ def test_span_generator_is_seeded_and_filters(beir):
     assert load_query_source(f"pseudo:{beir}:1").texts[0].startswith("Paris")
     with pytest.raises(ValueError, match="min_words"):
         SpanQueryGenerator(min_words=5, max_words=3)
+
+
+def test_labelled_training_queries_lose_evaluation_queries(tmp_path):
+    from asym_st.data.query_sources import without_evaluation_queries
+
+    write_beir(
+        tmp_path / "data",
+        queries=[{"_id": "q1", "text": "What is the capital of France?"}, {"_id": "q2", "text": "cats"}],
+    )
+    evaluation = load_beir(tmp_path / "data", split="test")
+    kept, dropped = without_evaluation_queries(
+        {"t1": "what is  the capital of france?", "t2": "dogs", "t3": "CATS"}, [evaluation]
+    )
+    assert kept == {"t2": "dogs"} and dropped == ["t1", "t3"]

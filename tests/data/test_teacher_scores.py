@@ -197,3 +197,16 @@ def test_model_scorers_need_texts(tmp_path):
         score_pairs(CountingScorer(), ["q9"], ["p1"], QUERIES, CORPUS, ScoreCache(tmp_path))
     with pytest.raises(ValueError, match="one of each per pair"):
         score_pairs(CountingScorer(), ["q1"], [], QUERIES, CORPUS, ScoreCache(tmp_path))
+
+
+def test_bi_encoder_shares_the_corpus_cache_entry_of_mining_and_evaluation(tiny_teacher_path, tmp_path):
+    # When most of the corpus is scored, the whole corpus is encoded in its own order: the same cache entry
+    # (keyed by the text list) that mining and evaluation write, so nothing is encoded twice.
+    model = SentenceTransformer(str(tiny_teacher_path))
+    cache = EmbeddingCache(tmp_path / "emb")
+    cache.encode(model, list(CORPUS.values()), route="document", show_progress_bar=False)
+    cache.encode(model, list(QUERIES.values()), route="query", show_progress_bar=False)
+    entries = sorted(path.name for path in (tmp_path / "emb").glob("*.npy"))
+    scorer = BiEncoderScorer(model, cache=cache)
+    score_pairs(scorer, *PAIRS, QUERIES, CORPUS, ScoreCache(tmp_path / "scores"), ScoringConfig(4, False))
+    assert sorted(path.name for path in (tmp_path / "emb").glob("*.npy")) == entries

@@ -1,5 +1,4 @@
 import json
-import random
 import runpy
 import sys
 from pathlib import Path
@@ -10,36 +9,12 @@ from sentence_transformers import SentenceTransformer
 
 from asym_st import build_asymmetric_model, fingerprint_modules, tower_modules
 from asym_st.training import ConfigError, EmbedDistillConfig, embed_distill
+from asym_st.training.config_io import parse_recipe_args
 from asym_st.training.embed_distill import select_candidates
-from tests.tiny_models import _WORDS
 from tests.tiny_seq2seq import make_tiny_t5
+from tests.training.conftest import LEAKED
 
 REPO = Path(__file__).resolve().parents[2]
-LEAKED = "what is the capital of france"  # a test query that is also a sentence of a passage
-
-
-def _sentence(rng: random.Random) -> str:
-    return " ".join(rng.sample(_WORDS, 6))
-
-
-@pytest.fixture(scope="module")
-def beir(tmp_path_factory) -> Path:
-    """A BEIR folder: 30 passages of random words (one contains a test query verbatim), 24 train and 4 test queries."""
-    rng = random.Random(0)
-    folder = tmp_path_factory.mktemp("beir")
-    docs = {f"d{i}": f"{_sentence(rng)}. {_sentence(rng)}." for i in range(30)}
-    docs["d0"] = f"{LEAKED}. {_sentence(rng)}."
-    queries = {f"train{i}": " ".join(rng.sample(_WORDS, 4)) for i in range(24)}
-    queries.update({"test0": LEAKED, **{f"test{i}": " ".join(rng.sample(_WORDS, 4)) for i in range(1, 4)}})
-    (folder / "corpus.jsonl").write_text(
-        "".join(json.dumps({"_id": d, "title": "", "text": t}) + "\n" for d, t in docs.items())
-    )
-    (folder / "queries.jsonl").write_text("".join(json.dumps({"_id": q, "text": t}) + "\n" for q, t in queries.items()))
-    (folder / "qrels").mkdir()
-    for split in ("train", "test"):
-        rows = [f"{q}\td{i % 30}\t1" for i, q in enumerate(queries) if q.startswith(split)]
-        (folder / "qrels" / f"{split}.tsv").write_text("query-id\tcorpus-id\tscore\n" + "\n".join(rows) + "\n")
-    return folder
 
 
 def _config(tmp_path, teacher, beir, **overrides) -> EmbedDistillConfig:
@@ -169,9 +144,9 @@ def test_config_errors_name_the_field(tiny_teacher_path, beir, tmp_path):
 @pytest.mark.parametrize("name", ["embed_distill_minilm", "embed_distill_scifact"])
 def test_recipe_configs_parse(name, monkeypatch):
     monkeypatch.setattr(sys, "argv", ["embed_distill.py"])
-    recipe = runpy.run_path(str(REPO / "recipes" / "embed_distill.py"))  # not __main__: only defines parse_config
-    config = recipe["parse_config"](
-        ["--config", str(REPO / "recipes" / "configs" / f"{name}.yaml"), "--score_weight", "0"]
+    recipe = runpy.run_path(str(REPO / "recipes" / "embed_distill.py"))  # not __main__: only defines CONFIG
+    config = parse_recipe_args(
+        recipe["CONFIG"], ["--config", str(REPO / "recipes" / "configs" / f"{name}.yaml"), "--score_weight", "0"]
     )
     assert isinstance(config, EmbedDistillConfig) and config.query_layers == [0, 5] and config.score_weight == 0.0
     assert config.candidate_corpora and config.distance == "l2"

@@ -1,0 +1,115 @@
+"""What every asym-st training pipeline sets up the same way: evaluation/dev datasets, cached teacher targets,
+``SentenceTransformerTrainingArguments`` and the checkpoint to resume from.
+
+QED, EmbedDistill, DAFT and TAS-Balanced all call these, so that a flag means the same thing in every recipe.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+from accelerate import PartialState
+from sentence_transformers import SentenceTransformer, SentenceTransformerTrainingArguments
+from transformers.trainer_utils import get_last_checkpoint
+
+from asym_st.data.beir import RetrievalDataset, load_beir, split_dataset_spec
+from asym_st.data.cache import EmbeddingCache
+from asym_st.data.queries import QuerySet
+
+__all__ = ["load_eval_dataset", "dev_dataset", "teacher_query_targets", "training_arguments", "resume_checkpoint"]
+
+logger = logging.getLogger(__name__)
+
+
+class OptimisationSettings(Protocol):
+    """The fields :func:`training_arguments` and :func:`resume_checkpoint` read (a method's config or a stage's)."""
+
+    resolved_checkpoint_dir: str
+    resume_from_checkpoint: str | None
+    learning_rate: float
+    warmup_ratio: float
+    weight_decay: float
+    num_train_epochs: float
+    max_steps: int
+    per_device_train_batch_size: int
+    logging_steps: int
+    save_steps: int
+    eval_steps: int | None
+    save_total_limit: int
+    seed: int
+    report_to: str
+
+
+def load_eval_dataset(spec: str, default_split: str = "test") -> RetrievalDataset:
+    """``FOLDER`` or ``FOLDER:split`` → a validated :class:`RetrievalDataset`."""
+    folder, split = split_dataset_spec(spec, default_split)
+    return load_beir(folder, split=split)
+
+
+def dev_dataset(config: Any) -> RetrievalDataset | None:
+    """The config's ``dev_dataset`` (default split ``dev``), sub-sampled to ``dev_max_queries`` queries and
+    ``dev_max_documents`` documents (``None``: the whole corpus, whose embeddings the cache keeps)."""
+    if not config.dev_dataset:
+        return None
+    return load_eval_dataset(config.dev_dataset, default_split="dev").subsample(
+        max_queries=config.dev_max_queries, max_documents=config.dev_max_documents, seed=config.seed
+    )
+
+
+def teacher_query_targets(teacher: SentenceTransformer, queries: QuerySet, config: Any) -> np.ndarray:
+    """The teacher's query embeddings of ``queries``, through the on-disk embedding cache (computed once)."""
+    cache = EmbeddingCache(Path(config.cache_dir) / "embeddings" if config.cache_dir else None)
+    # The main process encodes and writes the cache; the other ranks then read it back.
+    with PartialState().main_process_first():
+        return cache.encode(
+            teacher, queries.texts, route="query", batch_size=config.teacher_batch_size, description="teacher targets"
+        )
+
+
+def training_arguments(
+    config: OptimisationSettings, has_dev: bool, **overrides: Any
+) -> SentenceTransformerTrainingArguments:
+    """Trainer arguments from ``config``'s optimisation fields; ``overrides`` (``router_mapping``,
+    ``load_best_model_at_end``, ``batch_sampler``, ...) win."""
+    eval_steps = config.eval_steps or config.save_steps
+    arguments = dict(
+        output_dir=config.resolved_checkpoint_dir,
+        router_mapping={"query": "query"},
+        learning_rate=config.learning_rate,
+        warmup_ratio=config.warmup_ratio,
+        weight_decay=config.weight_decay,
+        num_train_epochs=config.num_train_epochs,
+        max_steps=config.max_steps,
+        per_device_train_batch_size=config.per_device_train_batch_size,
+        logging_steps=config.logging_steps,
+        save_strategy="steps",
+        save_steps=config.save_steps,
+        save_total_limit=config.save_total_limit,
+        eval_strategy="steps" if has_dev else "no",
+        eval_steps=eval_steps if has_dev else None,
+        seed=config.seed,
+        data_seed=config.seed,
+        report_to=config.report_to,
+        dataloader_drop_last=False,
+        remove_unused_columns=False,
+    )
+    return SentenceTransformerTrainingArguments(**{**arguments, **overrides})
+
+
+def resume_checkpoint(config: OptimisationSettings) -> str | None:
+    """``resume_from_checkpoint``: ``"auto"`` → the last checkpoint in the checkpoint folder (or ``None``), a path
+    → that path (which must exist), ``None``/``"none"`` → start afresh."""
+    if config.resume_from_checkpoint in (None, "", "none"):
+        return None
+    if config.resume_from_checkpoint == "auto":
+        folder = Path(config.resolved_checkpoint_dir)
+        last = get_last_checkpoint(str(folder)) if folder.is_dir() else None
+        if last:
+            logger.info("Resuming from %s", last)
+        return last
+    if not Path(config.resume_from_checkpoint).is_dir():
+        raise FileNotFoundError(f"resume_from_checkpoint: {config.resume_from_checkpoint} does not exist.")
+    return config.resume_from_checkpoint
