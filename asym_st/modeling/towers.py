@@ -112,7 +112,16 @@ def load_sentence_transformer(
 # --------------------------------------------------------------------------------------------------- inspecting
 
 
+def unwrap_model(model: nn.Module) -> nn.Module:
+    """The model inside a ``DistributedDataParallel`` (or similar ``.module``) wrapper: under ``torchrun`` the
+    Trainer hands losses the wrapped model."""
+    while isinstance(model, nn.parallel.DistributedDataParallel | nn.DataParallel):
+        model = model.module
+    return model
+
+
 def _router(model: SentenceTransformer) -> Router | None:
+    model = unwrap_model(model)
     first = model[0] if len(model) else None
     return first if isinstance(first, Router) else None
 
@@ -133,13 +142,13 @@ def tower_modules(model: SentenceTransformer, route: str) -> list[nn.Module]:
         raise ValueError(f"route must be 'query' or 'document', got {route!r}.")
     router = _router(model)
     if router is None:
-        return list(model)
+        return list(unwrap_model(model))
     if route not in router.sub_modules:
         raise ValueError(
             f"This Router model has no {route!r} route (routes: {sorted(router.sub_modules)}). "
             "asym-st needs a 'document' route for the document tower and a 'query' route for the query tower."
         )
-    return list(router.sub_modules[route]) + list(model)[1:]
+    return list(router.sub_modules[route]) + list(unwrap_model(model))[1:]
 
 
 def tower_embedding_dimension(modules: Sequence[nn.Module]) -> int:

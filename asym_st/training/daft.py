@@ -44,7 +44,6 @@ from typing import Any
 
 import numpy as np
 import torch
-from accelerate import PartialState
 from datasets import Dataset
 from sentence_transformers import SentenceTransformer, SentenceTransformerTrainer
 from sentence_transformers.base.evaluation.evaluator import BaseEvaluator
@@ -79,7 +78,7 @@ from asym_st.training.collapse import CollapseCallback, tower_diagnostics
 from asym_st.training.config_io import ConfigError
 from asym_st.training.daft_config import DAFTConfig, StageSettings
 from asym_st.training.reporting import TRAINING_CONFIG_FILE, evaluate_and_save
-from asym_st.training.trainer_setup import load_eval_dataset, resume_checkpoint, training_arguments
+from asym_st.training.trainer_setup import distributed_state, load_eval_dataset, resume_checkpoint, training_arguments
 from asym_st.utils.io import atomic_write_json
 
 __all__ = [
@@ -263,7 +262,7 @@ def _cache(config: DAFTConfig) -> EmbeddingCache:
 
 def _document_embeddings(teacher: SentenceTransformer, texts: list[str], config: DAFTConfig, what: str) -> np.ndarray:
     # The main process encodes and writes the cache; the other ranks then read it back.
-    with PartialState().main_process_first():
+    with distributed_state().main_process_first():
         return _cache(config).encode(
             teacher, texts, route="document", batch_size=config.teacher_batch_size, description=what
         )
@@ -691,7 +690,7 @@ def train_daft(config: DAFTConfig, callbacks: Sequence[TrainerCallback] = (), ev
         print(result.stages["align"].divergence_after, result.retention.to_markdown())
     """
     config.require_sources()
-    state = PartialState()
+    state = distributed_state()
     teacher = load_sentence_transformer(config.teacher, revision=config.teacher_revision)
     data = prepare_daft_data(config, teacher)
     both_stages = config.stages == ["align", "finetune"]

@@ -32,7 +32,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from accelerate import PartialState
 from datasets import Dataset
 from sentence_transformers import SentenceTransformer, SentenceTransformerTrainer
 from transformers import TrainerCallback
@@ -52,6 +51,7 @@ from asym_st.training.qed import QEDResult
 from asym_st.training.reporting import evaluate_and_save
 from asym_st.training.trainer_setup import (
     dev_dataset,
+    distributed_state,
     load_eval_dataset,
     resume_checkpoint,
     teacher_query_targets,
@@ -187,7 +187,7 @@ def _training_dataset(
     if not config.needs_candidates:
         dataset = Dataset.from_dict({"query": queries.texts, "label": targets})
         return dataset.with_format("torch"), {"query": "query"}, {}
-    with PartialState().main_process_first():
+    with distributed_state().main_process_first():
         pool_texts, pool = _candidate_pool(teacher, config)
     if pool.shape[1] != targets.shape[1]:
         raise ValueError(f"Candidate embeddings are {pool.shape[1]}-dimensional, queries' {targets.shape[1]}.")
@@ -273,7 +273,7 @@ def embed_distill(
         print(result.retention.to_markdown())
     """
     config.require_sources()
-    state = PartialState()
+    state = distributed_state()
     model, teacher = _student(config)
     eval_datasets = [load_eval_dataset(spec) for spec in config.eval_datasets]
     dev = dev_dataset(config)

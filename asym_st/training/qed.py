@@ -25,7 +25,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from accelerate import PartialState
 from datasets import Dataset
 from sentence_transformers import SentenceTransformer, SentenceTransformerTrainer
 from transformers import TrainerCallback
@@ -39,6 +38,7 @@ from asym_st.training.qed_config import QEDConfig
 from asym_st.training.reporting import evaluate_and_save
 from asym_st.training.trainer_setup import (
     dev_dataset,
+    distributed_state,
     load_eval_dataset,
     resume_checkpoint,
     teacher_query_targets,
@@ -86,7 +86,7 @@ def distill_query_tower(
         print(result.retention["rows"])
     """
     config.require_sources()
-    state = PartialState()
+    state = distributed_state()
     model = build_asymmetric_model(
         config.teacher,
         QueryTowerConfig(

@@ -16,6 +16,7 @@ from asym_st.evaluation.results import save_results
 from asym_st.evaluation.retention import retention_report
 from asym_st.evaluation.retrieval import RetrievalEvalConfig
 from asym_st.modeling import extract_tower, save_asymmetric_model
+from asym_st.training.trainer_setup import distributed_state
 from asym_st.utils.io import atomic_write_json
 
 if TYPE_CHECKING:
@@ -47,6 +48,7 @@ def _training_record(result: QEDResult, config: QEDConfig, method: str, extra: d
             "report": result.training_queries.report(),
         },
         "train_seconds": round(result.train_seconds, 1),
+        "num_processes": distributed_state().num_processes,  # > 1 under accelerate launch / torchrun
         "first_logged_loss": losses[0] if losses else None,
         "last_logged_loss": losses[-1] if losses else None,
         "log_history": result.log_history,

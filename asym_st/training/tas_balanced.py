@@ -66,7 +66,13 @@ from asym_st.training.dev_evaluator import RetrievalDevEvaluator
 from asym_st.training.qed import QEDResult
 from asym_st.training.reporting import evaluate_and_save
 from asym_st.training.tas_balanced_config import TASBalancedConfig
-from asym_st.training.trainer_setup import dev_dataset, load_eval_dataset, resume_checkpoint, training_arguments
+from asym_st.training.trainer_setup import (
+    dev_dataset,
+    distributed_state,
+    load_eval_dataset,
+    resume_checkpoint,
+    training_arguments,
+)
 
 __all__ = ["TASBalancedResult", "tas_balanced", "make_pairwise_scorer", "training_pairs"]
 
@@ -207,7 +213,7 @@ def _clusters(
 def _embeddings(
     model: SentenceTransformer, texts: list[str], route: str, cache: EmbeddingCache, config: TASBalancedConfig
 ) -> np.ndarray:
-    with PartialState().main_process_first():
+    with distributed_state().main_process_first():
         embeddings = np.asarray(
             cache.encode(model, texts, route=route, batch_size=config.teacher_batch_size, description=f"{route}s")
         )
@@ -307,7 +313,7 @@ def tas_balanced(
         print(result.retention.to_markdown())
     """
     config.require_sources()
-    state = PartialState()
+    state = distributed_state()
     model, teacher = _student(config)
     cache = EmbeddingCache(Path(config.cache_dir) / "embeddings" if config.cache_dir else None)
     eval_datasets = [load_eval_dataset(spec) for spec in config.eval_datasets]

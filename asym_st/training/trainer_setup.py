@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 import numpy as np
+import torch
 from accelerate import PartialState
 from sentence_transformers import SentenceTransformer, SentenceTransformerTrainingArguments
 from transformers.trainer_utils import get_last_checkpoint
@@ -19,7 +20,14 @@ from asym_st.data.beir import RetrievalDataset, load_beir, split_dataset_spec
 from asym_st.data.cache import EmbeddingCache
 from asym_st.data.queries import QuerySet
 
-__all__ = ["load_eval_dataset", "dev_dataset", "teacher_query_targets", "training_arguments", "resume_checkpoint"]
+__all__ = [
+    "distributed_state",
+    "load_eval_dataset",
+    "dev_dataset",
+    "teacher_query_targets",
+    "training_arguments",
+    "resume_checkpoint",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -43,6 +51,22 @@ class OptimisationSettings(Protocol):
     report_to: str
 
 
+def _accelerator_available() -> bool:
+    accelerator = getattr(torch, "accelerator", None)
+    return bool(accelerator.is_available()) if accelerator is not None else torch.cuda.is_available()
+
+
+def distributed_state() -> PartialState:
+    """The process's ``accelerate`` state, created for CPU-only machines with ``cpu=True``.
+
+    The first ``PartialState`` of a process fixes the backend for good. Without ``cpu=True`` a ``torchrun`` or
+    ``accelerate launch`` on a machine without an accelerator starts N *independent* trainings (transformers then
+    warns that ``parallel_mode != DISTRIBUTED``); with it, the ranks form a gloo process group and the Trainer
+    shards the data (``MULTI_CPU``).
+    """
+    return PartialState(cpu=not _accelerator_available())
+
+
 def load_eval_dataset(spec: str, default_split: str = "test") -> RetrievalDataset:
     """``FOLDER`` or ``FOLDER:split`` → a validated :class:`RetrievalDataset`."""
     folder, split = split_dataset_spec(spec, default_split)
@@ -63,7 +87,7 @@ def teacher_query_targets(teacher: SentenceTransformer, queries: QuerySet, confi
     """The teacher's query embeddings of ``queries``, through the on-disk embedding cache (computed once)."""
     cache = EmbeddingCache(Path(config.cache_dir) / "embeddings" if config.cache_dir else None)
     # The main process encodes and writes the cache; the other ranks then read it back.
-    with PartialState().main_process_first():
+    with distributed_state().main_process_first():
         return cache.encode(
             teacher, queries.texts, route="query", batch_size=config.teacher_batch_size, description="teacher targets"
         )
@@ -95,6 +119,7 @@ def training_arguments(
         report_to=config.report_to,
         dataloader_drop_last=False,
         remove_unused_columns=False,
+        use_cpu=not _accelerator_available(),  # the same state as distributed_state(): real DDP on CPU
     )
     return SentenceTransformerTrainingArguments(**{**arguments, **overrides})
 

@@ -1,0 +1,90 @@
+"""The recipes under real multi-process launchers (torchrun, accelerate launch): 2 CPU ranks, gloo, tiny models."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def _launch(launcher: list[str], recipe: str, arguments: list[str], tmp_path: Path) -> None:
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false", "PYTHONPATH": str(REPO)}
+    command = [*launcher, str(REPO / "recipes" / recipe), *arguments]
+    done = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-4000:]
+
+
+def _record(folder: Path) -> dict:
+    return json.loads((folder / "training_config.json").read_text())
+
+
+def _last_epoch(record: dict) -> float:
+    return max(entry.get("epoch", 0) for entry in record["log_history"])
+
+
+@pytest.fixture(scope="module")
+def queries(tmp_path_factory) -> Path:
+    import random
+
+    from tests.tiny_models import _WORDS
+
+    rng = random.Random(0)
+    path = tmp_path_factory.mktemp("queries") / "queries.txt"
+    path.write_text("\n".join(" ".join(rng.sample(_WORDS, 4)) for _ in range(64)) + "\n")
+    return path
+
+
+def test_qed_under_torchrun_shards_the_data_over_two_ranks(tiny_teacher_path, queries, tmp_path):
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2"]
+    common = ["--teacher", str(tiny_teacher_path), "--train_queries", str(queries), "--max_steps", "4"]
+    common += ["--per_device_train_batch_size", "8", "--measure_latency", "false", "--cache_dir", str(tmp_path)]
+    _launch(torchrun, "qed.py", [*common, "--output_dir", str(tmp_path / "ddp")], tmp_path)
+    record = _record(tmp_path / "ddp")
+    # 64 queries, 8 per rank and step: 2 ranks see the whole set in 4 steps (one process would need 8).
+    assert record["num_processes"] == 2
+    assert _last_epoch(record) == pytest.approx(1.0)
+
+
+def test_tas_balanced_under_accelerate_launch(tiny_teacher_path, beir, tmp_path):
+    # On a machine without GPUs accelerate reaches its multi-process launcher (torch.distributed.run) through
+    # --multi_gpu; the ranks then find no accelerator and form a gloo group on CPU (distributed_state()).
+    launcher = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2"]
+    launcher += ["--num_machines", "1"]
+    launcher += ["--mixed_precision", "no", "--dynamo_backend", "no"]
+    arguments = ["--teacher", str(tiny_teacher_path), "--train_dataset", f"{beir}:train"]
+    arguments += ["--eval_datasets", f"{beir}:test", "--num_candidates", "5", "--num_clusters", "2"]
+    arguments += ["--per_device_train_batch_size", "4", "--max_steps", "3", "--measure_latency", "false"]
+    arguments += ["--cache_dir", str(tmp_path), "--output_dir", str(tmp_path / "tas")]
+    _launch(launcher, "tas_balanced.py", arguments, tmp_path)
+    record = _record(tmp_path / "tas")
+    assert record["num_processes"] == 2 and record["method"] == "TAS-Balanced"
+    # one cluster file, written by the main process and read by the other rank
+    assert len(list((tmp_path / "tas.checkpoints").glob("clusters-*.npz"))) == 1
+    assert (tmp_path / "tas" / "eval" / "retention.json").is_file()
+
+
+def test_embed_distill_under_torchrun(tiny_teacher_path, beir, tmp_path):
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2"]
+    arguments = ["--teacher", str(tiny_teacher_path), "--train_queries", f"{beir}:train"]
+    arguments += ["--generate_queries_from", str(beir), "--candidate_corpora", str(beir), "--num_candidates", "3"]
+    arguments += ["--eval_datasets", f"{beir}:test", "--per_device_train_batch_size", "4", "--max_steps", "3"]
+    arguments += ["--measure_latency", "false", "--cache_dir", str(tmp_path), "--output_dir", str(tmp_path / "ed")]
+    _launch(torchrun, "embed_distill.py", arguments, tmp_path)
+    record = _record(tmp_path / "ed")
+    assert record["num_processes"] == 2 and record["method"] == "EmbedDistill"
+
+
+def test_daft_both_stages_under_torchrun(tiny_teacher_path, beir, tmp_path):
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2"]
+    arguments = ["--teacher", str(tiny_teacher_path), "--query_encoder", "static", "--train_dataset", f"{beir}:train"]
+    arguments += ["--eval_datasets", f"{beir}:test", "--dev_holdout_queries", "4", "--heldout_texts", "20"]
+    arguments += ["--align_max_steps", "4", "--finetune_max_steps", "4", "--align_eval_steps", "2"]
+    arguments += ["--finetune_eval_steps", "2", "--align_batch_size", "4", "--finetune_batch_size", "4"]
+    arguments += ["--measure_latency", "false", "--cache_dir", str(tmp_path), "--output_dir", str(tmp_path / "daft")]
+    _launch(torchrun, "daft.py", arguments, tmp_path)
+    record = _record(tmp_path / "daft")
+    assert record["num_processes"] == 2 and record["method"] == "DAFT"
