@@ -4,7 +4,7 @@
 Run it as a plain script, under ``accelerate launch`` or under ``torchrun``, with the same config:
 
     python recipes/daft.py --config recipes/configs/daft_static_scifact.yaml
-    accelerate launch --num_processes 2 recipes/daft.py --config recipes/configs/daft_static_scifact.yaml
+    accelerate launch --config_file recipes/accelerate/cpu.yaml recipes/daft.py --config recipes/configs/daft_static_scifact.yaml
     torchrun --nproc_per_node 2 recipes/daft.py --config recipes/configs/daft_static_scifact.yaml
 
 Either stage alone:

@@ -3,7 +3,7 @@
 Run it as a plain script, under ``accelerate launch`` or under ``torchrun``, with the same config:
 
     python recipes/embed_distill.py --config recipes/configs/embed_distill_minilm.yaml
-    accelerate launch recipes/embed_distill.py --config recipes/configs/embed_distill_minilm.yaml
+    accelerate launch --config_file recipes/accelerate/cpu.yaml recipes/embed_distill.py --config recipes/configs/embed_distill_minilm.yaml
     torchrun --nproc_per_node 2 recipes/embed_distill.py --config recipes/configs/embed_distill_minilm.yaml
 
 Any config field can be overridden on the command line, e.g. ``--score_weight 0 --output_dir out`` (QED with the

@@ -4,6 +4,7 @@ Run it as a plain script, under ``accelerate launch`` or under ``torchrun``, wit
 
     python recipes/qed.py --config recipes/configs/qed_minilm.yaml
     accelerate launch --config_file recipes/accelerate/cpu.yaml recipes/qed.py --config recipes/configs/qed_minilm.yaml
+    accelerate launch --config_file recipes/accelerate/multi_gpu.yaml recipes/qed.py --config recipes/configs/qed_mpnet.yaml
     torchrun --nproc_per_node 2 recipes/qed.py --config recipes/configs/qed_minilm.yaml
 
 Any config field can be overridden on the command line, e.g. ``--learning_rate 5e-5 --output_dir out``.

@@ -3,7 +3,7 @@
 Run it as a plain script, under ``accelerate launch`` or under ``torchrun``, with the same config:
 
     python recipes/tas_balanced.py --config recipes/configs/tas_balanced_nfcorpus.yaml
-    accelerate launch recipes/tas_balanced.py --config recipes/configs/tas_balanced_nfcorpus.yaml
+    accelerate launch --config_file recipes/accelerate/cpu.yaml recipes/tas_balanced.py --config recipes/configs/tas_balanced_nfcorpus.yaml
     torchrun --nproc_per_node 2 recipes/tas_balanced.py --config recipes/configs/tas_balanced_nfcorpus.yaml
 
 Any config field can be overridden on the command line, e.g. ``--alpha 0 --topic_aware false --num_margin_bins 1``

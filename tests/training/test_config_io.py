@@ -68,3 +68,11 @@ def test_validation_errors_name_the_file(tmp_path):
 def test_missing_config_path_is_an_error():
     with pytest.raises(ConfigError, match="--config needs a file path"):
         parse_recipe_args(QEDConfig, ["--config"])
+
+
+@pytest.mark.parametrize("path", sorted((REPO / "recipes" / "accelerate").glob("*.yaml")), ids=lambda path: path.stem)
+def test_accelerate_configs_are_valid(path):
+    from accelerate.commands.config.config_args import ClusterConfig
+
+    config = ClusterConfig.from_yaml_file(path)
+    assert config.num_processes >= 1 and config.compute_environment.value == "LOCAL_MACHINE"

@@ -50,11 +50,8 @@ def test_qed_under_torchrun_shards_the_data_over_two_ranks(tiny_teacher_path, qu
 
 
 def test_tas_balanced_under_accelerate_launch(tiny_teacher_path, beir, tmp_path):
-    # On a machine without GPUs accelerate reaches its multi-process launcher (torch.distributed.run) through
-    # --multi_gpu; the ranks then find no accelerator and form a gloo group on CPU (distributed_state()).
-    launcher = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2"]
-    launcher += ["--num_machines", "1"]
-    launcher += ["--mixed_precision", "no", "--dynamo_backend", "no"]
+    config = REPO / "recipes" / "accelerate" / "cpu.yaml"  # the documented CPU config: 2 processes, gloo
+    launcher = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(config)]
     arguments = ["--teacher", str(tiny_teacher_path), "--train_dataset", f"{beir}:train"]
     arguments += ["--eval_datasets", f"{beir}:test", "--num_candidates", "5", "--num_clusters", "2"]
     arguments += ["--per_device_train_batch_size", "4", "--max_steps", "3", "--measure_latency", "false"]
