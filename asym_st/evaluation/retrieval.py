@@ -42,6 +42,9 @@ class RetrievalEvalConfig:
         relevance_level: smallest grade counted as relevant by the binary metrics (TREC-DL: 2); nDCG is graded.
         cache: the embedding cache; ``None`` uses the shared default cache (``$ASYM_ST_CACHE/embeddings``).
         use_cache: ``False`` encodes into a temporary cache that is deleted afterwards (still streamed).
+        cache_queries: ``False`` encodes the queries directly and stores nothing (documents are still cached): for
+            a query tower that changes between evaluations, e.g. a dev evaluation during training, where every
+            evaluation would otherwise leave one more cache entry behind.
         show_progress_bar: progress bars while encoding.
         similarity: ``cosine``, ``dot`` or ``euclidean``; ``None`` uses the model's ``similarity_fn_name``.
         ignore_identical_ids: drop a document whose id equals the query's id from its results (mteb's option,
@@ -56,6 +59,7 @@ class RetrievalEvalConfig:
     relevance_level: int = 1
     cache: EmbeddingCache | None = None
     use_cache: bool = True
+    cache_queries: bool = True
     show_progress_bar: bool = True
     similarity: str | None = None
     ignore_identical_ids: bool = False
@@ -214,15 +218,21 @@ def evaluate_retrieval(
         )
         timings["encode_documents_s"] = time.perf_counter() - tick
         tick = time.perf_counter()
-        queries = cache.encode(
-            st_model,
-            [dataset.queries[q] for q in query_ids],
-            route="query",
-            batch_size=config.batch_size,
-            chunk_size=config.chunk_size,
-            show_progress_bar=config.show_progress_bar,
-            description=f"{dataset.name} queries",
-        )
+        query_texts = [dataset.queries[q] for q in query_ids]
+        if config.cache_queries:
+            queries = cache.encode(
+                st_model,
+                query_texts,
+                route="query",
+                batch_size=config.batch_size,
+                chunk_size=config.chunk_size,
+                show_progress_bar=config.show_progress_bar,
+                description=f"{dataset.name} queries",
+            )
+        else:
+            queries = st_model.encode_query(
+                query_texts, batch_size=config.batch_size, show_progress_bar=False, convert_to_numpy=True
+            ).astype(np.float32)
         timings["encode_queries_s"] = time.perf_counter() - tick
         tick = time.perf_counter()
         index = build_index(documents, search_config)

@@ -18,7 +18,7 @@ class RetrievalDevEvaluator(BaseEvaluator):
 
     sentence-transformers' ``InformationRetrievalEvaluator`` re-encodes the corpus at every evaluation; here the
     document tower is frozen, so document embeddings come from the cache and each evaluation only encodes the
-    dev queries with the current query tower.
+    dev queries with the current query tower (not cached: they change with every evaluation).
 
     Args:
         dataset: the dev collection (sub-sample it first: ``dataset.subsample(200, 2000)``).
@@ -37,6 +37,7 @@ class RetrievalDevEvaluator(BaseEvaluator):
             batch_size=batch_size,
             cache=EmbeddingCache(Path(cache_dir) / "embeddings" if cache_dir else None),
             show_progress_bar=False,
+            cache_queries=False,  # the query tower changes at every evaluation: its embeddings are not reused
         )
         self.primary_metric = "ndcg_at_10"
 

@@ -146,3 +146,14 @@ def test_source_string_and_plain_model(tiny_teacher_path, tiny_beir, tmp_path):
     result = evaluate_retrieval(str(tiny_teacher_path), str(tiny_beir), _config(tmp_path))
     assert result.model == str(tiny_teacher_path)
     assert result.source == str(tiny_beir) and result.split == "test"
+
+
+def test_uncached_queries_leave_no_cache_entry_and_score_the_same(tiny_students, tiny_beir, tmp_path):
+    first, _ = tiny_students
+    dataset = load_beir(tiny_beir)
+    cached = evaluate_retrieval(first, dataset, _config(tmp_path / "a"))
+    entries = {path.name for path in (tmp_path / "a" / "cache").glob("*.npy")}
+    assert len(entries) == 2  # documents + queries
+    uncached = evaluate_retrieval(first, dataset, _config(tmp_path / "b", cache_queries=False))
+    assert len(list((tmp_path / "b" / "cache").glob("*.npy"))) == 1  # documents only
+    assert uncached.metrics == pytest.approx(cached.metrics)
