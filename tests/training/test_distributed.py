@@ -38,15 +38,30 @@ def queries(tmp_path_factory) -> Path:
     return path
 
 
-def test_qed_under_torchrun_shards_the_data_over_two_ranks(tiny_teacher_path, queries, tmp_path):
-    torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2"]
+def test_qed_under_torchrun_matches_one_process(tiny_teacher_path, queries, tmp_path):
+    import numpy as np
+    from sentence_transformers import SentenceTransformer
+
+    from asym_st import build_asymmetric_model
+
     common = ["--teacher", str(tiny_teacher_path), "--train_queries", str(queries), "--max_steps", "4"]
-    common += ["--per_device_train_batch_size", "8", "--measure_latency", "false", "--cache_dir", str(tmp_path)]
-    _launch(torchrun, "qed.py", [*common, "--output_dir", str(tmp_path / "ddp")], tmp_path)
+    common += ["--warmup_ratio", "0", "--measure_latency", "false", "--cache_dir", str(tmp_path)]
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2"]
+    _launch(torchrun, "qed.py", [*common, "--per_device_train_batch_size", "8", "--output_dir", "ddp"], tmp_path)
+    _launch(
+        [sys.executable], "qed.py", [*common, "--per_device_train_batch_size", "16", "--output_dir", "one"], tmp_path
+    )
     record = _record(tmp_path / "ddp")
     # 64 queries, 8 per rank and step: 2 ranks see the whole set in 4 steps (one process would need 8).
-    assert record["num_processes"] == 2
+    assert record["num_processes"] == 2 and _record(tmp_path / "one")["num_processes"] == 1
     assert _last_epoch(record) == pytest.approx(1.0)
+    # 2 ranks x 8 with averaged gradients = 1 process x 16: the same batches, the same model.
+    texts = queries.read_text().split("\n")[:16]
+    ddp = SentenceTransformer(str(tmp_path / "ddp")).encode_query(texts)
+    one = SentenceTransformer(str(tmp_path / "one")).encode_query(texts)
+    start = build_asymmetric_model(tiny_teacher_path).encode_query(texts)  # the untrained student
+    assert np.abs(one - start).max() > 1e-3  # training moved the query tower ...
+    np.testing.assert_allclose(ddp, one, atol=1e-5)  # ... identically in both runs
 
 
 def test_tas_balanced_under_accelerate_launch(tiny_teacher_path, beir, tmp_path):
