@@ -7,6 +7,13 @@ from asym_st.sampling.balanced_margin import (
     MarginPairsConfig,
     build_margin_pairs,
 )
+from asym_st.sampling.false_negatives import (
+    DynamicFalseNegativeFilter,
+    FalseNegativeFilterConfig,
+    FilterPeriod,
+    positive_quantile_threshold,
+    scheduled_quantile,
+)
 from asym_st.sampling.topic_aware import ClusteringConfig, QueryClusters, TopicAwareBatchSampler, cluster_queries
 
 __all__ = [
@@ -19,4 +26,9 @@ __all__ = [
     "QueryClusters",
     "TopicAwareBatchSampler",
     "cluster_queries",
+    "DynamicFalseNegativeFilter",
+    "FalseNegativeFilterConfig",
+    "FilterPeriod",
+    "positive_quantile_threshold",
+    "scheduled_quantile",
 ]

@@ -40,7 +40,6 @@ from asym_st.data.beir import RetrievalDataset
 from asym_st.data.cache import EmbeddingCache
 from asym_st.data.mining import MiningConfig, mine_from_dataset
 from asym_st.data.queries import QuerySet
-from asym_st.data.query_sources import without_evaluation_queries
 from asym_st.data.teacher_scores import (
     BiEncoderScorer,
     CrossEncoderScorer,
@@ -69,6 +68,7 @@ from asym_st.training.tas_balanced_config import TASBalancedConfig
 from asym_st.training.trainer_setup import (
     dev_dataset,
     distributed_state,
+    labelled_training_split,
     load_eval_dataset,
     resume_checkpoint,
     training_arguments,
@@ -130,19 +130,6 @@ def make_pairwise_scorer(config: TASBalancedConfig, teacher: SentenceTransformer
         return CrossEncoderScorer(CrossEncoder(config.pairwise_teacher), batch_size=config.teacher_batch_size)
     model = teacher if config.pairwise_teacher == "teacher" else load_sentence_transformer(config.pairwise_teacher)
     return BiEncoderScorer(model, batch_size=config.teacher_batch_size, cache=cache)
-
-
-def _training_split(config: TASBalancedConfig, excluded: Sequence[RetrievalDataset]) -> RetrievalDataset:
-    train = load_eval_dataset(config.train_dataset, default_split="train")
-    queries, dropped = without_evaluation_queries(train.queries, excluded)
-    if dropped:
-        logger.warning("Leakage guard: %d training queries are evaluation queries and were dropped.", len(dropped))
-    if config.max_train_queries is not None:
-        queries = dict(list(queries.items())[: config.max_train_queries])
-    if not queries:
-        raise ValueError(f"train_dataset {config.train_dataset}: no training query left after the leakage guard.")
-    qrels = {query_id: train.qrels[query_id] for query_id in queries}
-    return RetrievalDataset(train.name, train.split, train.corpus, queries, qrels, train.source, dict(train.report))
 
 
 def training_pairs(
@@ -319,7 +306,7 @@ def tas_balanced(
     eval_datasets = [load_eval_dataset(spec) for spec in config.eval_datasets]
     dev = dev_dataset(config)
     excluded = eval_datasets + ([dev] if dev is not None else []) if config.exclude_eval_queries else []
-    train = _training_split(config, excluded)
+    train = labelled_training_split(config.train_dataset, excluded, config.max_train_queries)
     with state.main_process_first():
         pairs, facts = training_pairs(config, teacher, train, cache)
     loss, train_dataset, router_mapping, teacher_queries = _loss_and_data(config, model, teacher, train, pairs, cache)

@@ -7,6 +7,7 @@ QED, EmbedDistill, DAFT and TAS-Balanced all call these, so that a flag means th
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -19,9 +20,12 @@ from transformers.trainer_utils import get_last_checkpoint
 from asym_st.data.beir import RetrievalDataset, load_beir, split_dataset_spec
 from asym_st.data.cache import EmbeddingCache
 from asym_st.data.queries import QuerySet
+from asym_st.data.query_sources import without_evaluation_queries
 
 __all__ = [
     "distributed_state",
+    "accelerator_available",
+    "labelled_training_split",
     "load_eval_dataset",
     "dev_dataset",
     "teacher_query_targets",
@@ -51,7 +55,8 @@ class OptimisationSettings(Protocol):
     report_to: str
 
 
-def _accelerator_available() -> bool:
+def accelerator_available() -> bool:
+    """Whether torch sees a GPU (or another accelerator); on a CPU-only machine the recipes run DDP over gloo."""
     accelerator = getattr(torch, "accelerator", None)
     return bool(accelerator.is_available()) if accelerator is not None else torch.cuda.is_available()
 
@@ -64,13 +69,30 @@ def distributed_state() -> PartialState:
     warns that ``parallel_mode != DISTRIBUTED``); with it, the ranks form a gloo process group and the Trainer
     shards the data (``MULTI_CPU``).
     """
-    return PartialState(cpu=not _accelerator_available())
+    return PartialState(cpu=not accelerator_available())
 
 
 def load_eval_dataset(spec: str, default_split: str = "test") -> RetrievalDataset:
     """``FOLDER`` or ``FOLDER:split`` → a validated :class:`RetrievalDataset`."""
     folder, split = split_dataset_spec(spec, default_split)
     return load_beir(folder, split=split)
+
+
+def labelled_training_split(
+    spec: str, excluded: Sequence[RetrievalDataset] = (), max_queries: int | None = None
+) -> RetrievalDataset:
+    """A BEIR ``FOLDER:split`` (default split ``train``) with qrels, minus every query whose text is an evaluation
+    query of ``excluded`` (the leakage guard), capped at ``max_queries``."""
+    train = load_eval_dataset(spec, default_split="train")
+    queries, dropped = without_evaluation_queries(train.queries, excluded)
+    if dropped:
+        logger.warning("Leakage guard: %d training queries of %s are evaluation queries; dropped.", len(dropped), spec)
+    if max_queries is not None:
+        queries = dict(list(queries.items())[:max_queries])
+    if not queries:
+        raise ValueError(f"{spec}: no training query left after the leakage guard.")
+    qrels = {query_id: train.qrels[query_id] for query_id in queries}
+    return RetrievalDataset(train.name, train.split, train.corpus, queries, qrels, train.source, dict(train.report))
 
 
 def dev_dataset(config: Any) -> RetrievalDataset | None:
@@ -119,7 +141,7 @@ def training_arguments(
         report_to=config.report_to,
         dataloader_drop_last=False,
         remove_unused_columns=False,
-        use_cpu=not _accelerator_available(),  # the same state as distributed_state(): real DDP on CPU
+        use_cpu=not accelerator_available(),  # the same state as distributed_state(): real DDP on CPU
     )
     return SentenceTransformerTrainingArguments(**{**arguments, **overrides})
 

@@ -13,7 +13,7 @@ from asym_st.training.config_io import ConfigError, parse_recipe_args
 
 REPO = Path(__file__).resolve().parents[2]
 CONFIGS = sorted((REPO / "recipes" / "configs").glob("*.yaml"))
-RECIPE_OF = {"qed": "qed", "daft": "daft", "embed": "embed_distill", "tas": "tas_balanced"}
+RECIPE_OF = {"qed": "qed", "daft": "daft", "embed": "embed_distill", "tas": "tas_balanced", "md2pr": "md2pr"}
 
 
 def _recipe_config_class(config_file: Path):
