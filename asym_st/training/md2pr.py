@@ -59,11 +59,6 @@ from asym_st.losses.token_interaction import TokenInteractionLoss
 from asym_st.modeling import (
     DOCUMENT_ROUTE,
     QUERY_ROUTE,
-    QueryTowerConfig,
-    build_asymmetric_model,
-    extract_tower,
-    freeze_tower,
-    load_asymmetric_model,
     tower_modules,
 )
 from asym_st.sampling.false_negatives import DynamicFalseNegativeFilter
@@ -78,6 +73,7 @@ from asym_st.training.md2pr_config import MD2PRConfig
 from asym_st.training.qed import QEDResult
 from asym_st.training.reporting import evaluate_and_save
 from asym_st.training.trainer_setup import (
+    build_student,
     dev_dataset,
     distributed_state,
     labelled_training_split,
@@ -108,33 +104,6 @@ class MD2PRResult(QEDResult):
 
 
 # ----------------------------------------------------------------------------------------------- student
-
-
-def _student(config: MD2PRConfig) -> tuple[SentenceTransformer, SentenceTransformer]:
-    """The student and the frozen bi-encoder teacher (its document tower, or a frozen copy when both train)."""
-    if config.init_from:
-        model = load_asymmetric_model(config.init_from)
-    else:
-        model = build_asymmetric_model(
-            config.teacher,
-            QueryTowerConfig(
-                strategy=config.layer_strategy,
-                num_layers=config.num_query_layers,
-                layers=config.query_layers,
-                max_seq_length=config.query_max_seq_length,
-            ),
-            revision=config.teacher_revision,
-        )
-    model.asym_st_record.method = METHOD
-    if config.towers == "query":
-        freeze_tower(model, DOCUMENT_ROUTE)
-        model.asym_st_record.document_tower_frozen = True
-        return model, extract_tower(model, DOCUMENT_ROUTE, copy_modules=False)
-    teacher = extract_tower(model, DOCUMENT_ROUTE, copy_modules=True)
-    teacher.requires_grad_(False)
-    freeze_tower(model, DOCUMENT_ROUTE, frozen=False)
-    model.asym_st_record.document_tower_frozen = False
-    return model, teacher
 
 
 # ----------------------------------------------------------------------------------------------- teacher
@@ -413,7 +382,7 @@ def md2pr(config: MD2PRConfig, callbacks: Sequence[TrainerCallback] = (), evalua
     """
     config.require_sources()
     state = distributed_state()
-    model, teacher = _student(config)
+    model, teacher = build_student(config, METHOD)
     cache = EmbeddingCache(Path(config.cache_dir) / "embeddings" if config.cache_dir else None)
     eval_datasets = [load_eval_dataset(spec) for spec in config.eval_datasets]
     dev = dev_dataset(config)

@@ -51,12 +51,6 @@ from asym_st.data.teacher_scores import (
 from asym_st.losses.dual_teacher_margin_mse import DualTeacherMarginMSELoss
 from asym_st.losses.frozen_document_margin_mse import FrozenDocumentMarginMSELoss
 from asym_st.modeling import (
-    DOCUMENT_ROUTE,
-    QueryTowerConfig,
-    build_asymmetric_model,
-    extract_tower,
-    freeze_tower,
-    load_asymmetric_model,
     load_sentence_transformer,
 )
 from asym_st.sampling.balanced_margin import MarginPairs, MarginPairsConfig, build_margin_pairs
@@ -66,6 +60,7 @@ from asym_st.training.qed import QEDResult
 from asym_st.training.reporting import evaluate_and_save
 from asym_st.training.tas_balanced_config import TASBalancedConfig
 from asym_st.training.trainer_setup import (
+    build_student,
     dev_dataset,
     distributed_state,
     labelled_training_split,
@@ -89,34 +84,6 @@ class TASBalancedResult(QEDResult):
 
 
 # ----------------------------------------------------------------------------------------------- student
-
-
-def _student(config: TASBalancedConfig) -> tuple[SentenceTransformer, SentenceTransformer]:
-    """The student and the frozen teacher (its document tower, or a frozen copy when both towers train)."""
-    if config.init_from:
-        model = load_asymmetric_model(config.init_from)
-    else:
-        model = build_asymmetric_model(
-            config.teacher,
-            QueryTowerConfig(
-                strategy=config.layer_strategy,
-                num_layers=config.num_query_layers,
-                layers=config.query_layers,
-                max_seq_length=config.query_max_seq_length,
-            ),
-            revision=config.teacher_revision,
-        )
-    model.asym_st_record.method = METHOD
-    if config.towers == "query":
-        freeze_tower(model, DOCUMENT_ROUTE)
-        model.asym_st_record.document_tower_frozen = True
-        return model, extract_tower(model, DOCUMENT_ROUTE, copy_modules=False)
-    # Both towers train: the teacher (targets, in-batch scores, retention baseline) must not move with them.
-    teacher = extract_tower(model, DOCUMENT_ROUTE, copy_modules=True)
-    teacher.requires_grad_(False)
-    freeze_tower(model, DOCUMENT_ROUTE, frozen=False)
-    model.asym_st_record.document_tower_frozen = False
-    return model, teacher
 
 
 # ----------------------------------------------------------------------------------------------- data
@@ -301,7 +268,7 @@ def tas_balanced(
     """
     config.require_sources()
     state = distributed_state()
-    model, teacher = _student(config)
+    model, teacher = build_student(config, METHOD)
     cache = EmbeddingCache(Path(config.cache_dir) / "embeddings" if config.cache_dir else None)
     eval_datasets = [load_eval_dataset(spec) for spec in config.eval_datasets]
     dev = dev_dataset(config)

@@ -21,10 +21,19 @@ from asym_st.data.beir import RetrievalDataset, load_beir, split_dataset_spec
 from asym_st.data.cache import EmbeddingCache
 from asym_st.data.queries import QuerySet
 from asym_st.data.query_sources import without_evaluation_queries
+from asym_st.modeling import (
+    DOCUMENT_ROUTE,
+    QueryTowerConfig,
+    build_asymmetric_model,
+    extract_tower,
+    freeze_tower,
+    load_asymmetric_model,
+)
 
 __all__ = [
     "distributed_state",
     "accelerator_available",
+    "build_student",
     "labelled_training_split",
     "load_eval_dataset",
     "dev_dataset",
@@ -70,6 +79,39 @@ def distributed_state() -> PartialState:
     shards the data (``MULTI_CPU``).
     """
     return PartialState(cpu=not accelerator_available())
+
+
+def build_student(config: Any, method: str) -> tuple[SentenceTransformer, SentenceTransformer]:
+    """The student and the frozen teacher for pipelines that may start from a saved model.
+
+    The student is ``config.init_from`` (an asym-st model folder, e.g. a QED student) or the teacher truncated as
+    in QED (``teacher``, ``query_layers`` / ``layer_strategy`` / ``num_query_layers``). With ``towers: query`` the
+    teacher is the student's own frozen document tower (the index stays valid); with ``towers: both`` it is a
+    frozen copy, so that targets and the retention baseline do not move with the trained document tower.
+    """
+    if getattr(config, "init_from", None):
+        model = load_asymmetric_model(config.init_from)
+    else:
+        model = build_asymmetric_model(
+            config.teacher,
+            QueryTowerConfig(
+                strategy=config.layer_strategy,
+                num_layers=config.num_query_layers,
+                layers=config.query_layers,
+                max_seq_length=config.query_max_seq_length,
+            ),
+            revision=config.teacher_revision,
+        )
+    model.asym_st_record.method = method
+    if config.towers == "query":
+        freeze_tower(model, DOCUMENT_ROUTE)
+        model.asym_st_record.document_tower_frozen = True
+        return model, extract_tower(model, DOCUMENT_ROUTE, copy_modules=False)
+    teacher = extract_tower(model, DOCUMENT_ROUTE, copy_modules=True)
+    teacher.requires_grad_(False)
+    freeze_tower(model, DOCUMENT_ROUTE, frozen=False)
+    model.asym_st_record.document_tower_frozen = False
+    return model, teacher
 
 
 def load_eval_dataset(spec: str, default_split: str = "test") -> RetrievalDataset:
