@@ -44,15 +44,15 @@ from asym_st.data.query_generation import QueryGenerator, Seq2SeqQueryGenerator,
 from asym_st.data.query_sources import collect_training_queries
 from asym_st.evaluation.search import SearchConfig, build_index, search
 from asym_st.losses.embed_distill import AsymmetricEmbedDistillLoss
-from asym_st.modeling import QueryTowerConfig, build_asymmetric_model, extract_tower, tower_modules
+from asym_st.modeling import build_asymmetric_model, extract_tower, tower_modules
 from asym_st.training.dev_evaluator import RetrievalDevEvaluator
 from asym_st.training.embed_distill_config import EmbedDistillConfig
 from asym_st.training.qed import QEDResult
 from asym_st.training.reporting import evaluate_and_save
 from asym_st.training.trainer_setup import (
-    dev_dataset,
     distributed_state,
-    load_eval_dataset,
+    evaluation_splits,
+    query_tower_config,
     resume_checkpoint,
     teacher_query_targets,
     training_arguments,
@@ -222,13 +222,7 @@ def _student(config: EmbedDistillConfig) -> tuple[SentenceTransformer, SentenceT
     """The student and the frozen teacher (a separate copy when the student's document tower trains)."""
     model = build_asymmetric_model(
         config.teacher,
-        QueryTowerConfig(
-            strategy=config.layer_strategy,
-            num_layers=config.num_query_layers,
-            layers=config.query_layers,
-            max_seq_length=config.query_max_seq_length,
-            encoder=config.query_encoder,
-        ),
+        query_tower_config(config, encoder=config.query_encoder),
         revision=config.teacher_revision,
         freeze_document_tower=not config.train_document_tower,
     )
@@ -275,9 +269,7 @@ def embed_distill(
     config.require_sources()
     state = distributed_state()
     model, teacher = _student(config)
-    eval_datasets = [load_eval_dataset(spec) for spec in config.eval_datasets]
-    dev = dev_dataset(config)
-    excluded = eval_datasets + ([dev] if dev is not None else []) if config.exclude_eval_queries else []
+    eval_datasets, dev, excluded = evaluation_splits(config)
     with state.main_process_first():
         generated_files, generation_reports = _generated_query_files(config)
     queries = collect_training_queries(

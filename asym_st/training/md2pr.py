@@ -74,10 +74,9 @@ from asym_st.training.qed import QEDResult
 from asym_st.training.reporting import evaluate_and_save
 from asym_st.training.trainer_setup import (
     build_student,
-    dev_dataset,
     distributed_state,
+    evaluation_splits,
     labelled_training_split,
-    load_eval_dataset,
     resume_checkpoint,
     training_arguments,
 )
@@ -384,9 +383,7 @@ def md2pr(config: MD2PRConfig, callbacks: Sequence[TrainerCallback] = (), evalua
     state = distributed_state()
     model, teacher = build_student(config, METHOD)
     cache = EmbeddingCache(Path(config.cache_dir) / "embeddings" if config.cache_dir else None)
-    eval_datasets = [load_eval_dataset(spec) for spec in config.eval_datasets]
-    dev = dev_dataset(config)
-    excluded = eval_datasets + ([dev] if dev is not None else []) if config.exclude_eval_queries else []
+    eval_datasets, dev, excluded = evaluation_splits(config)
     train = labelled_training_split(config.train_dataset, excluded, config.max_train_queries)
     word_level = config.word_weight > 0
     with state.main_process_first():

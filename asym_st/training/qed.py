@@ -32,14 +32,15 @@ from transformers import TrainerCallback
 from asym_st.data.queries import QuerySet
 from asym_st.data.query_sources import collect_training_queries
 from asym_st.losses.embedding_alignment import EmbeddingAlignmentLoss
-from asym_st.modeling import QueryTowerConfig, build_asymmetric_model, extract_tower
+from asym_st.modeling import build_asymmetric_model, extract_tower
 from asym_st.training.dev_evaluator import RetrievalDevEvaluator
 from asym_st.training.qed_config import QEDConfig
 from asym_st.training.reporting import evaluate_and_save
 from asym_st.training.trainer_setup import (
-    dev_dataset,
     distributed_state,
+    evaluation_splits,
     load_eval_dataset,
+    query_tower_config,
     resume_checkpoint,
     teacher_query_targets,
     training_arguments,
@@ -89,19 +90,12 @@ def distill_query_tower(
     state = distributed_state()
     model = build_asymmetric_model(
         config.teacher,
-        QueryTowerConfig(
-            strategy=config.layer_strategy,
-            num_layers=config.num_query_layers,
-            layers=config.query_layers,
-            max_seq_length=config.query_max_seq_length,
-        ),
+        query_tower_config(config),
         revision=config.teacher_revision,
     )
     model.asym_st_record.method = "QED"
     teacher = extract_tower(model, "document", copy_modules=False)
-    eval_datasets = [load_eval_dataset(spec) for spec in config.eval_datasets]
-    dev = dev_dataset(config)
-    excluded = eval_datasets + ([dev] if dev is not None else []) if config.exclude_eval_queries else []
+    eval_datasets, dev, excluded = evaluation_splits(config)
     queries = collect_training_queries(config.train_queries, exclude=excluded, limit=config.max_train_queries)
     targets = teacher_query_targets(teacher, queries, config)
     train_dataset = Dataset.from_dict({"query": queries.texts, "label": np.asarray(targets, dtype=np.float32)})

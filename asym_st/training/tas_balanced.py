@@ -61,10 +61,9 @@ from asym_st.training.reporting import evaluate_and_save
 from asym_st.training.tas_balanced_config import TASBalancedConfig
 from asym_st.training.trainer_setup import (
     build_student,
-    dev_dataset,
     distributed_state,
+    evaluation_splits,
     labelled_training_split,
-    load_eval_dataset,
     resume_checkpoint,
     training_arguments,
 )
@@ -208,11 +207,16 @@ def _loss_and_data(
     teacher: SentenceTransformer,
     train: RetrievalDataset,
     pairs: MarginPairs,
+    query_ids: list[str],
     cache: EmbeddingCache,
 ) -> tuple[Any, Dataset, dict[str, str], np.ndarray]:
     """The loss, the training dataset, the router mapping, and the teacher's embeddings of the paired queries."""
-    query_ids = _paired_query_ids(pairs, train)
-    teacher_queries = _embeddings(teacher, [train.queries[q] for q in query_ids], "query", cache, config)
+    # All training queries in the split's order: the same cache entry as mining's (no second encoding); the rows of
+    # the paired queries are then selected.
+    all_ids = list(train.queries)
+    rows = {query_id: i for i, query_id in enumerate(all_ids)}
+    teacher_queries = _embeddings(teacher, [train.queries[q] for q in all_ids], "query", cache, config)
+    teacher_queries = teacher_queries[[rows[q] for q in query_ids]]
     inbatch_teacher = _inbatch_teacher(config, teacher)
     if config.towers == "both":
         loss = DualTeacherMarginMSELoss(model, inbatch_teacher=inbatch_teacher, alpha=config.alpha)
@@ -270,14 +274,14 @@ def tas_balanced(
     state = distributed_state()
     model, teacher = build_student(config, METHOD)
     cache = EmbeddingCache(Path(config.cache_dir) / "embeddings" if config.cache_dir else None)
-    eval_datasets = [load_eval_dataset(spec) for spec in config.eval_datasets]
-    dev = dev_dataset(config)
-    excluded = eval_datasets + ([dev] if dev is not None else []) if config.exclude_eval_queries else []
+    eval_datasets, dev, excluded = evaluation_splits(config)
     train = labelled_training_split(config.train_dataset, excluded, config.max_train_queries)
     with state.main_process_first():
         pairs, facts = training_pairs(config, teacher, train, cache)
-    loss, train_dataset, router_mapping, teacher_queries = _loss_and_data(config, model, teacher, train, pairs, cache)
     query_ids = _paired_query_ids(pairs, train)
+    loss, train_dataset, router_mapping, teacher_queries = _loss_and_data(
+        config, model, teacher, train, pairs, query_ids, cache
+    )
     clusters = _clusters(config, query_ids, teacher_queries, state)
     factory = TopicAwareBatchSampler.factory(clusters, pairs=pairs.sampler(num_bins=config.num_margin_bins))
     facts.update(

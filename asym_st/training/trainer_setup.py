@@ -34,6 +34,8 @@ __all__ = [
     "distributed_state",
     "accelerator_available",
     "build_student",
+    "evaluation_splits",
+    "query_tower_config",
     "labelled_training_split",
     "load_eval_dataset",
     "dev_dataset",
@@ -81,6 +83,26 @@ def distributed_state() -> PartialState:
     return PartialState(cpu=not accelerator_available())
 
 
+def query_tower_config(config: Any, **extra: Any) -> QueryTowerConfig:
+    """The query tower a method config asks for (``query_layers`` / ``layer_strategy`` / ``num_query_layers``)."""
+    return QueryTowerConfig(
+        strategy=config.layer_strategy,
+        num_layers=config.num_query_layers,
+        layers=config.query_layers,
+        max_seq_length=config.query_max_seq_length,
+        **extra,
+    )
+
+
+def evaluation_splits(config: Any) -> tuple[list[RetrievalDataset], RetrievalDataset | None, list[RetrievalDataset]]:
+    """The evaluation datasets, the dev dataset, and the collections the leakage guard keeps out of training
+    (both, unless ``exclude_eval_queries`` is off)."""
+    eval_datasets = [load_eval_dataset(spec) for spec in config.eval_datasets]
+    dev = dev_dataset(config)
+    excluded = eval_datasets + ([dev] if dev is not None else []) if config.exclude_eval_queries else []
+    return eval_datasets, dev, excluded
+
+
 def build_student(config: Any, method: str) -> tuple[SentenceTransformer, SentenceTransformer]:
     """The student and the frozen teacher for pipelines that may start from a saved model.
 
@@ -92,16 +114,7 @@ def build_student(config: Any, method: str) -> tuple[SentenceTransformer, Senten
     if getattr(config, "init_from", None):
         model = load_asymmetric_model(config.init_from)
     else:
-        model = build_asymmetric_model(
-            config.teacher,
-            QueryTowerConfig(
-                strategy=config.layer_strategy,
-                num_layers=config.num_query_layers,
-                layers=config.query_layers,
-                max_seq_length=config.query_max_seq_length,
-            ),
-            revision=config.teacher_revision,
-        )
+        model = build_asymmetric_model(config.teacher, query_tower_config(config), revision=config.teacher_revision)
     model.asym_st_record.method = method
     if config.towers == "query":
         freeze_tower(model, DOCUMENT_ROUTE)
