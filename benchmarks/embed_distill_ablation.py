@@ -42,7 +42,6 @@ nothing under benchmarks/results: a plumbing check, its numbers mean nothing.
 from __future__ import annotations
 
 import argparse
-import json
 import platform
 import sys
 import tempfile
@@ -51,6 +50,7 @@ from dataclasses import replace
 from pathlib import Path
 
 import torch
+from smoke_data import write_beir  # benchmarks/ is on sys.path when a benchmark runs
 
 from asym_st.data.beir import available_splits, load_beir
 from asym_st.evaluation.results import load_results
@@ -143,19 +143,6 @@ def run_group(base: EmbedDistillConfig, group: str, names: list[str], reuse: boo
 # ----------------------------------------------------------------------------------------------- smoke
 
 
-def _write_beir(folder: Path, corpus: dict, queries: dict, qrels_by_split: dict) -> None:
-    folder.mkdir(parents=True, exist_ok=True)
-    lines = [json.dumps({"_id": d, "title": "", "text": t}) for d, t in corpus.items()]
-    (folder / "corpus.jsonl").write_text("\n".join(lines) + "\n")
-    (folder / "queries.jsonl").write_text(
-        "\n".join(json.dumps({"_id": q, "text": t}) for q, t in queries.items()) + "\n"
-    )
-    (folder / "qrels").mkdir(exist_ok=True)
-    for split, qrels in qrels_by_split.items():
-        rows = [f"{q}\t{d}\t{s}" for q, judged in qrels.items() for d, s in judged.items()]
-        (folder / "qrels" / f"{split}.tsv").write_text("query-id\tcorpus-id\tscore\n" + "\n".join(rows) + "\n")
-
-
 def _subsample_folder(source: str, target: Path, max_queries: int, max_documents: int) -> str:
     """A small BEIR copy: a few queries of every split and at most ``max_documents`` documents, judged ones first
     (``RetrievalDataset.subsample`` keeps *every* judged document, hundreds per NFCorpus query)."""
@@ -178,7 +165,7 @@ def _subsample_folder(source: str, target: Path, max_queries: int, max_documents
         for split, data in splits.items()
     }
     all_queries = {q: data.queries[q] for split, data in splits.items() for q in queries[split]}
-    _write_beir(target, {d: any_split.corpus[d] for d in corpus_ids}, all_queries, qrels)
+    write_beir(target, {d: any_split.corpus[d] for d in corpus_ids}, all_queries, qrels)
     return str(target)
 
 

@@ -46,6 +46,7 @@ from pathlib import Path
 
 import torch
 from sentence_transformers.cross_encoder import CrossEncoder
+from smoke_data import write_beir  # benchmarks/ is on sys.path when a benchmark runs
 
 from asym_st.data.beir import load_beir, split_dataset_spec
 from asym_st.data.cache import EmbeddingCache
@@ -180,18 +181,6 @@ def _row(name: str, results: list, records: list[dict], qed, teacher) -> dict:
 # ----------------------------------------------------------------------------------------------- smoke
 
 
-def _write_beir(folder: Path, corpus: dict, queries: dict, qrels_by_split: dict) -> None:
-    folder.mkdir(parents=True, exist_ok=True)
-    (folder / "corpus.jsonl").write_text(
-        "".join(json.dumps({"_id": d, "title": "", "text": t}) + "\n" for d, t in corpus.items())
-    )
-    (folder / "queries.jsonl").write_text("".join(json.dumps({"_id": q, "text": t}) + "\n" for q, t in queries.items()))
-    (folder / "qrels").mkdir(exist_ok=True)
-    for split, qrels in qrels_by_split.items():
-        rows = [f"{q}\t{d}\t{s}" for q, judged in qrels.items() for d, s in judged.items()]
-        (folder / "qrels" / f"{split}.tsv").write_text("query-id\tcorpus-id\tscore\n" + "\n".join(rows) + "\n")
-
-
 def _small_copy(folder: str, target: Path, max_queries: int, max_documents: int) -> str:
     """A BEIR copy with ``max_queries`` queries of the train and test splits, their judged documents and random
     others up to ``max_documents``."""
@@ -202,7 +191,7 @@ def _small_copy(folder: str, target: Path, max_queries: int, max_documents: int)
     random.Random(0).shuffle(others)
     corpus_ids += others[: max(0, max_documents - len(corpus_ids))]
     queries = {q: t for data in splits.values() for q, t in data.queries.items()}
-    _write_beir(target, {d: full.corpus[d] for d in corpus_ids}, queries, {s: d.qrels for s, d in splits.items()})
+    write_beir(target, {d: full.corpus[d] for d in corpus_ids}, queries, {s: d.qrels for s, d in splits.items()})
     return str(target)
 
 
