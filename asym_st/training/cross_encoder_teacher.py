@@ -34,6 +34,7 @@ from datasets import Dataset
 from sentence_transformers import SentenceTransformer
 from sentence_transformers.cross_encoder import CrossEncoder, CrossEncoderTrainer, CrossEncoderTrainingArguments
 from sentence_transformers.cross_encoder.losses import BinaryCrossEntropyLoss
+from transformers import set_seed
 
 from asym_st.data.beir import RetrievalDataset
 from asym_st.data.cache import EmbeddingCache
@@ -42,7 +43,7 @@ from asym_st.data.teacher_scores import CrossEncoderScorer, PairScorer, ScoreCac
 from asym_st.evaluation.metrics import compute_metrics
 from asym_st.evaluation.retrieval import RetrievalEvalConfig, evaluate_retrieval, model_name
 from asym_st.modeling import load_sentence_transformer
-from asym_st.training.trainer_setup import accelerator_available, labelled_training_split
+from asym_st.training.trainer_setup import accelerator_available, find_resume_checkpoint, labelled_training_split
 from asym_st.utils.io import atomic_directory, atomic_write_json
 
 __all__ = [
@@ -77,6 +78,9 @@ class CrossEncoderTeacherConfig:
         max_length: the cross-encoder's max tokens per pair.
         num_train_epochs / max_steps / per_device_train_batch_size / learning_rate / warmup_ratio / seed /
         logging_steps: ``CrossEncoderTrainingArguments``.
+        save_steps: a checkpoint every ``save_steps`` steps, in ``OUTPUT_DIR.checkpoints``.
+        resume_from_checkpoint: ``"auto"`` (default) resumes an interrupted run from its last checkpoint, a path
+            resumes from that checkpoint, ``None`` starts afresh.
         batch_size: encoding batch size for mining.
         cache_dir: embedding / score cache root (default: the shared cache).
         overwrite: replace an existing ``output_dir``.
@@ -98,6 +102,8 @@ class CrossEncoderTeacherConfig:
     warmup_ratio: float = 0.1
     seed: int = 42
     logging_steps: int = 50
+    save_steps: int = 50
+    resume_from_checkpoint: str | None = "auto"
     batch_size: int = 64
     cache_dir: str | None = None
     overwrite: bool = False
@@ -202,12 +208,14 @@ def train_cross_encoder(
     )
     pairs = cross_encoder_training_pairs(train, candidates, config.num_negatives, config.seed)
     positives = int(sum(pairs["label"]))
+    set_seed(config.seed)  # the new classification head is random: seed it, so that runs (and resumes) agree
     model = CrossEncoder(config.base_model, num_labels=1, max_length=config.max_length)
     # Class balance: each positive weighs as much as the negatives drawn per positive.
     pos_weight = torch.tensor((len(pairs) - positives) / max(positives, 1))
     loss = BinaryCrossEntropyLoss(model, pos_weight=pos_weight)
+    checkpoint_dir = f"{config.output_dir.rstrip('/')}.checkpoints"
     args = CrossEncoderTrainingArguments(
-        output_dir=f"{config.output_dir.rstrip('/')}.checkpoints",
+        output_dir=checkpoint_dir,
         num_train_epochs=config.num_train_epochs,
         max_steps=config.max_steps,
         per_device_train_batch_size=config.per_device_train_batch_size,
@@ -216,12 +224,14 @@ def train_cross_encoder(
         seed=config.seed,
         data_seed=config.seed,
         logging_steps=config.logging_steps,
-        save_strategy="no",
+        save_strategy="steps",
+        save_steps=config.save_steps,
+        save_total_limit=2,
         report_to="none",
         use_cpu=not accelerator_available(),
     )
     trainer = CrossEncoderTrainer(model=model, args=args, train_dataset=pairs, loss=loss)
-    trainer.train()
+    trainer.train(resume_from_checkpoint=find_resume_checkpoint(config.resume_from_checkpoint, checkpoint_dir))
     details = {
         "base_model": config.base_model,
         "retriever": model_name(retriever),

@@ -148,6 +148,7 @@ def load_cross_encoder_teacher(
         learning_rate=config.cross_encoder_learning_rate,
         seed=config.seed,
         logging_steps=config.logging_steps,
+        resume_from_checkpoint=config.resume_from_checkpoint,
         batch_size=config.teacher_batch_size,
         cache_dir=str(Path(config.cache_dir)) if config.cache_dir else None,
         overwrite=True,

@@ -6,7 +6,10 @@ QED, EmbedDistill, DAFT and TAS-Balanced all call these, so that a flag means th
 
 from __future__ import annotations
 
+import json
 import logging
+import os
+import re
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Protocol
@@ -15,7 +18,7 @@ import numpy as np
 import torch
 from accelerate import PartialState
 from sentence_transformers import SentenceTransformer, SentenceTransformerTrainingArguments
-from transformers.trainer_utils import get_last_checkpoint
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
 from asym_st.data.beir import RetrievalDataset, load_beir, split_dataset_spec
 from asym_st.data.cache import EmbeddingCache
@@ -42,6 +45,7 @@ __all__ = [
     "teacher_query_targets",
     "training_arguments",
     "resume_checkpoint",
+    "last_complete_checkpoint",
 ]
 
 logger = logging.getLogger(__name__)
@@ -202,16 +206,44 @@ def training_arguments(
 
 
 def resume_checkpoint(config: OptimisationSettings) -> str | None:
-    """``resume_from_checkpoint``: ``"auto"`` → the last checkpoint in the checkpoint folder (or ``None``), a path
+    """The checkpoint ``config``'s training resumes from (see :func:`find_resume_checkpoint`)."""
+    return find_resume_checkpoint(config.resume_from_checkpoint, config.resolved_checkpoint_dir)
+
+
+def find_resume_checkpoint(setting: str | None, checkpoint_dir: str | os.PathLike) -> str | None:
+    """``resume_from_checkpoint``: ``"auto"`` → the last checkpoint in ``checkpoint_dir`` (or ``None``), a path
     → that path (which must exist), ``None``/``"none"`` → start afresh."""
-    if config.resume_from_checkpoint in (None, "", "none"):
+    if setting in (None, "", "none"):
         return None
-    if config.resume_from_checkpoint == "auto":
-        folder = Path(config.resolved_checkpoint_dir)
-        last = get_last_checkpoint(str(folder)) if folder.is_dir() else None
+    if setting == "auto":
+        folder = Path(checkpoint_dir)
+        last = last_complete_checkpoint(folder) if folder.is_dir() else None
         if last:
             logger.info("Resuming from %s", last)
         return last
-    if not Path(config.resume_from_checkpoint).is_dir():
-        raise FileNotFoundError(f"resume_from_checkpoint: {config.resume_from_checkpoint} does not exist.")
-    return config.resume_from_checkpoint
+    if not Path(setting).is_dir():
+        raise FileNotFoundError(f"resume_from_checkpoint: {setting} does not exist.")
+    return setting
+
+
+def last_complete_checkpoint(folder: str | os.PathLike) -> str | None:
+    """The newest ``checkpoint-N`` in ``folder`` that was written to the end, or ``None``.
+
+    The Trainer writes a checkpoint in place, ``trainer_state.json`` last. A run killed while writing one leaves a
+    ``checkpoint-N`` without it (or with a truncated one); ``transformers``' ``get_last_checkpoint`` would pick that
+    folder and the resume would fail, so it is skipped (and left alone: the resumed run writes it again).
+    """
+    found = []
+    for path in Path(folder).iterdir():
+        match = re.fullmatch(rf"{PREFIX_CHECKPOINT_DIR}-(\d+)", path.name)
+        if match and path.is_dir():
+            found.append((int(match.group(1)), path))
+    for step, path in sorted(found, reverse=True):
+        try:
+            state = json.loads((path / "trainer_state.json").read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            state = None
+        if isinstance(state, dict) and state.get("global_step") == step:
+            return str(path)
+        logger.warning("Skipping %s: it was not written to the end (the run was killed while saving it).", path)
+    return None

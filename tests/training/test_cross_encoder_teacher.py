@@ -93,3 +93,45 @@ def test_the_leakage_guard_and_bad_settings(tiny_teacher_path, beir, tmp_path):
             ),
             excluded=[test],
         )
+
+
+def test_an_interrupted_teacher_training_resumes_from_its_checkpoint(tiny_teacher_path, beir, tmp_path, monkeypatch):
+    from sentence_transformers.cross_encoder import CrossEncoderTrainer
+
+    def config(name: str) -> CrossEncoderTeacherConfig:
+        return CrossEncoderTeacherConfig(
+            train_dataset=f"{beir}:train",
+            output_dir=str(tmp_path / name),
+            base_model=str(tiny_teacher_path),
+            num_candidates=5,
+            num_negatives=2,
+            max_length=32,
+            max_steps=4,
+            save_steps=2,
+            per_device_train_batch_size=8,
+            learning_rate=1e-3,
+            batch_size=16,
+            cache_dir=str(tmp_path / "cache"),
+        )
+
+    uninterrupted = train_cross_encoder(config("whole"))
+    step = CrossEncoderTrainer.training_step
+    calls = []
+
+    def dies_at_the_third_step(self, *args, **kwargs):
+        calls.append(1)
+        if len(calls) == 3:
+            raise KeyboardInterrupt  # after checkpoint-2 was written
+        return step(self, *args, **kwargs)
+
+    monkeypatch.setattr(CrossEncoderTrainer, "training_step", dies_at_the_third_step)
+    with pytest.raises(KeyboardInterrupt):
+        train_cross_encoder(config("resumed"))
+    assert not (tmp_path / "resumed").exists()  # no model folder from the interrupted run
+    assert (tmp_path / "resumed.checkpoints" / "checkpoint-2").is_dir()
+    monkeypatch.setattr(CrossEncoderTrainer, "training_step", step)
+    resumed = train_cross_encoder(config("resumed"))
+    assert resumed.details["steps"] == 4
+    assert not any(entry.get("step") == 1 for entry in resumed.details["log_history"] if "loss" in entry)
+    pairs = [("what is the capital of france", "paris is the capital"), ("cat", "dog")]
+    np.testing.assert_allclose(resumed.model.predict(pairs), uninterrupted.model.predict(pairs), atol=1e-5)
