@@ -26,6 +26,15 @@ def _csv(text: str) -> list[str]:
     return [part.strip() for part in text.split(",") if part.strip()]
 
 
+def _search_option(text: str) -> tuple[str, object]:
+    from asym_st.evaluation.search import parse_search_option
+
+    try:
+        return parse_search_option(text)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from error
+
+
 def _print(text: str) -> None:
     print(text, file=sys.stderr)
 
@@ -69,7 +78,21 @@ def add_evaluate(subparsers) -> None:
     parser.add_argument("--test", choices=["ttest_rel", "wilcoxon"], default="ttest_rel", help="paired test")
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--top-k", type=int, default=100)
-    parser.add_argument("--index", choices=["flat", "hnsw", "ivf"], default="flat", help="faiss index (default flat)")
+    parser.add_argument(
+        "--index",
+        choices=["flat", "hnsw", "ivf", "ivfpq"],
+        default="flat",
+        help="faiss index (default flat, exact); the approximate ones are for large corpora",
+    )
+    parser.add_argument(
+        "--search-option",
+        action="append",
+        default=[],
+        type=_search_option,
+        metavar="KEY=VALUE",
+        help="SearchConfig setting of the index, e.g. hnsw_ef_search=256, ivf_nprobe=32, ivfpq_m=48, "
+        "ivfpq_refine=4, ivf_nlist=auto; repeatable",
+    )
     parser.add_argument("--relevance-level", type=int, default=1, help="min grade counted relevant (TREC-DL: 2)")
     parser.add_argument("--max-queries", type=int, default=None, help="sub-sample queries (quick runs)")
     parser.add_argument("--max-documents", type=int, default=None, help="sub-sample the corpus (judged docs kept)")
@@ -113,6 +136,7 @@ def run_evaluate(args: argparse.Namespace) -> dict:
         batch_size=args.batch_size,
         top_k=args.top_k,
         index=args.index,
+        search_options=dict(args.search_option),
         relevance_level=args.relevance_level,
         use_cache=not args.no_cache,
         show_progress_bar=not args.quiet,

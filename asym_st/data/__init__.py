@@ -1,4 +1,4 @@
-"""Data: query sources, BEIR collections with validation, the on-disk embedding cache."""
+"""Data: query sources, BEIR collections with validation, the on-disk embedding cache and its sharded encoding."""
 
 from asym_st.data.beir import (
     BeirFormatError,
@@ -10,6 +10,7 @@ from asym_st.data.beir import (
 )
 from asym_st.data.cache import EmbeddingCache, texts_hash
 from asym_st.data.queries import QueryFileError, QuerySet, clean_queries, read_query_file
+from asym_st.data.sharded_encoding import ShardedEncoding
 from asym_st.data.sources import load_retrieval_source
 
 __all__ = [
@@ -21,6 +22,7 @@ __all__ = [
     "load_beir",
     "EmbeddingCache",
     "texts_hash",
+    "ShardedEncoding",
     "QueryFileError",
     "QuerySet",
     "clean_queries",

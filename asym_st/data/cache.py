@@ -9,12 +9,16 @@ Each entry is ``KEY.npy`` (a plain NumPy array, opened memory-mapped) and ``KEY.
 text hash and a BLAKE2 checksum of the array file). Both are written atomically; an entry whose metadata,
 shape or checksum does not match is treated as absent and rebuilt, never used.
 
-Encoding streams: texts are encoded chunk by chunk into a temporary memory-mapped file, so memory stays bounded
-by one chunk whatever the number of texts.
+Encoding is sharded and resumable (:mod:`asym_st.data.sharded_encoding`): texts are encoded chunk by chunk into
+shards of ``shard_size`` texts under ``KEY.shards/``, each written atomically, so memory stays bounded by one chunk
+whatever the number of texts, and a run killed half-way keeps its finished shards and encodes only the rest. With
+``distributed=True`` the processes of a ``torchrun`` / ``accelerate launch`` share the shards; the main process
+merges them into ``KEY.npy`` and commits the entry.
 """
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import logging
@@ -26,35 +30,32 @@ from pathlib import Path
 
 import numpy as np
 from sentence_transformers import SentenceTransformer
-from tqdm.auto import tqdm
 
 from asym_st.data.beir import default_cache_dir
+from asym_st.data.sharded_encoding import DEFAULT_SHARD_SIZE, ShardedEncoding, iter_text_slices
 from asym_st.modeling.fingerprint import fingerprint_modules
 from asym_st.modeling.towers import tower_modules
-from asym_st.utils.io import atomic_write_json
+from asym_st.utils.io import atomic_write_json, file_checksum
 
 __all__ = ["EmbeddingCache", "CacheEntry", "texts_hash"]
 
 logger = logging.getLogger(__name__)
 
-_CHECKSUM_BLOCK = 1 << 22
+_HASH_SLICE = 4096
 
 
 def texts_hash(texts: Sequence[str]) -> str:
-    """SHA-256 over the texts in order (separators make ``["ab"]`` and ``["a", "b"]`` differ)."""
+    """SHA-256 over the texts in order (separators make ``["ab"]`` and ``["a", "b"]`` differ).
+
+    ``texts`` is anything with ``len()`` and slicing; it is read slice by slice, so a memory-mapped ``datasets``
+    column is hashed without being materialised.
+    """
     digest = hashlib.sha256()
-    for text in texts:
-        digest.update(text.encode("utf-8"))
-        digest.update(b"\x00")
+    for chunk in iter_text_slices(texts, _HASH_SLICE):
+        for text in chunk:
+            digest.update(text.encode("utf-8"))
+            digest.update(b"\x00")
     digest.update(str(len(texts)).encode())
-    return digest.hexdigest()
-
-
-def _file_checksum(path: Path) -> str:
-    digest = hashlib.blake2b(digest_size=16)
-    with path.open("rb") as handle:
-        while block := handle.read(_CHECKSUM_BLOCK):
-            digest.update(block)
     return digest.hexdigest()
 
 
@@ -126,7 +127,7 @@ class EmbeddingCache:
             return f"array unreadable: {error}"
         if list(array.shape) != meta.get("shape") or str(array.dtype) != meta.get("dtype"):
             return f"array is {array.shape}/{array.dtype}, metadata says {meta.get('shape')}/{meta.get('dtype')}"
-        if self.verify_checksum and _file_checksum(entry.array_path) != meta.get("checksum"):
+        if self.verify_checksum and file_checksum(entry.array_path) != meta.get("checksum"):
             return "checksum mismatch"
         return None
 
@@ -137,7 +138,7 @@ class EmbeddingCache:
 
     def _commit(self, key: str, tmp_array: Path, meta: dict) -> None:
         entry = self._entry(key)
-        meta = dict(meta, checksum=_file_checksum(tmp_array))
+        meta = dict(meta, checksum=file_checksum(tmp_array))
         # Array first, metadata last: a reader only trusts an array whose metadata (with checksum) exists.
         os.replace(tmp_array, entry.array_path)
         atomic_write_json(entry.meta_path, meta)
@@ -166,51 +167,99 @@ class EmbeddingCache:
         show_progress_bar: bool = True,
         description: str | None = None,
         dtype: str = "float32",
+        shard_size: int = DEFAULT_SHARD_SIZE,
+        distributed: bool = False,
     ) -> np.ndarray:
         """Embeddings of ``texts`` by ``model``'s ``route`` tower: from the cache, or encoded, stored and returned.
 
         ``route`` is ``"query"`` (``encode_query``) or ``"document"`` (``encode_document``); for a symmetric model
         both are the whole model, with the route's prompt if the model defines one.
+
+        Args:
+            model: the model whose ``route`` tower encodes.
+            texts: the texts: a list, or any object with ``len()`` and slicing such as a memory-mapped ``datasets``
+                column (``dataset["text"]``), which is read chunk by chunk and never materialised.
+            route: ``"query"`` or ``"document"``.
+            batch_size: texts per forward pass.
+            chunk_size: texts per encoding call, the memory bound (keep ``shard_size`` a multiple of it).
+            show_progress_bar: a progress bar over texts.
+            description: the progress bar's label.
+            dtype: the stored dtype.
+            shard_size: texts per shard, the unit of resumption: a run killed half-way keeps its finished shards.
+            distributed: split the shards between the processes of a ``torchrun`` / ``accelerate launch`` (gloo on
+                CPU). Every process must then call ``encode`` with the same arguments, and not inside
+                ``main_process_first()``; the main process merges and commits the entry, and all return it.
+
+        Returns:
+            The ``(len(texts), dimension)`` matrix, memory-mapped read-only.
+
+        Example::
+
+            cache = EmbeddingCache("cache/embeddings")
+            corpus = datasets.load_dataset("json", data_files="corpus.jsonl", split="train")
+            documents = cache.encode(teacher, corpus["text"], route="document", batch_size=64, shard_size=8192)
         """
-        if not texts:
+        if len(texts) == 0:
             raise ValueError("Nothing to encode: the list of texts is empty.")
+        state = _distributed_state() if distributed else None
+        multi = state is not None and state.num_processes > 1
         fingerprint = self.tower_fingerprint(model, route)
         prompt = model.prompts.get(route) or None
         text_hash = texts_hash(texts)
         key = self.make_key(fingerprint, route, prompt, text_hash)
         expected = {"tower_fingerprint": fingerprint, "text_hash": text_hash, "route": route}
-        cached = self.load(key, expected)
+        cached = self.load(key, expected) if not multi or state.is_main_process else None
+        if multi:
+            from accelerate.utils import broadcast_object_list
+
+            # One decision for all processes (the main process validated, or deleted, the entry).
+            if broadcast_object_list([cached is not None])[0]:
+                cached = np.load(self._entry(key).array_path, mmap_mode="r")
         if cached is not None:
             logger.info("Embedding cache hit: %d %s embeddings (%s).", len(texts), route, key)
             return cached
-        return self._encode_into_cache(
-            model, texts, route, key, expected, batch_size, chunk_size, show_progress_bar, description, dtype
+        encode = model.encode_query if route == "query" else model.encode_document
+        encode_fn = functools.partial(encode, batch_size=batch_size, convert_to_numpy=True, show_progress_bar=False)
+        shards = ShardedEncoding(
+            self.root / f"{key}.shards",
+            dict(expected, key=key),
+            num_texts=len(texts),
+            shard_size=shard_size,
+            dtype=dtype,
+            verify_checksum=self.verify_checksum,
         )
+        description = description or f"encoding {route}s"
+        self._encode_into_cache(
+            key, shards, encode_fn, texts, expected, chunk_size, show_progress_bar, description, state
+        )
+        return np.load(self._entry(key).array_path, mmap_mode="r")
 
     def _encode_into_cache(
-        self, model, texts, route, key, meta, batch_size, chunk_size, show_progress_bar, description, dtype
-    ):
-        encode = model.encode_query if route == "query" else model.encode_document
-        dimension = int(encode(texts[:1], convert_to_numpy=True).shape[-1])
+        self, key, shards, encode_fn, texts, meta, chunk_size, show_progress_bar, description, state
+    ) -> None:
+        """Encode the missing shards (split between the processes of ``state``), merge and commit the entry."""
+        multi = state is not None and state.num_processes > 1
+        shards.encode(encode_fn, texts, chunk_size, show_progress_bar, description, state)
+        if not multi or state.is_main_process:
+            self._merge_and_commit(key, shards, meta)
+        if multi:
+            state.wait_for_everyone()  # the other processes read the entry the main process committed
+
+    def _merge_and_commit(self, key: str, shards: ShardedEncoding, meta: dict) -> None:
         self.root.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=f".{key}.", suffix=".npy", dir=self.root)
         os.close(fd)
         tmp_path = Path(tmp)
         try:
-            out = np.lib.format.open_memmap(tmp_path, mode="w+", dtype=dtype, shape=(len(texts), dimension))
-            progress = tqdm(
-                total=len(texts), desc=description or f"encoding {route}s", unit="text", disable=not show_progress_bar
-            )
-            for start in range(0, len(texts), chunk_size):
-                chunk = list(texts[start : start + chunk_size])
-                out[start : start + len(chunk)] = encode(
-                    chunk, batch_size=batch_size, convert_to_numpy=True, show_progress_bar=False
-                )
-                progress.update(len(chunk))
-            progress.close()
-            out.flush()
-            del out
-            self._commit(key, tmp_path, dict(meta, shape=[len(texts), dimension], dtype=dtype))
+            shape = shards.merge(tmp_path)
+            self._commit(key, tmp_path, dict(meta, shape=list(shape), dtype=str(shards.dtype)))
         finally:
             tmp_path.unlink(missing_ok=True)
-        return np.load(self._entry(key).array_path, mmap_mode="r")
+        shards.remove()  # only once the entry is committed: until then the shards are the work to resume
+
+
+def _distributed_state():
+    # Imported here: the training package builds on this module.
+    from asym_st.training.trainer_setup import distributed_state
+
+    return distributed_state()

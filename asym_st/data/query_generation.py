@@ -190,8 +190,14 @@ class Seq2SeqQueryGenerator:
             from transformers import AutoModelForSeq2SeqLM, AutoTokenizer
 
             try:
-                tokenizer = AutoTokenizer.from_pretrained(self.model_name_or_path, revision=self.revision)
-                model = AutoModelForSeq2SeqLM.from_pretrained(self.model_name_or_path, revision=self.revision)
+                # trust_remote_code=False, not transformers' None (which asks on stdin): a generator that needs
+                # custom code is refused, never run.
+                tokenizer = AutoTokenizer.from_pretrained(
+                    self.model_name_or_path, revision=self.revision, trust_remote_code=False
+                )
+                model = AutoModelForSeq2SeqLM.from_pretrained(
+                    self.model_name_or_path, revision=self.revision, trust_remote_code=False
+                )
             except (OSError, ValueError) as error:
                 raise ValueError(
                     f"Could not load a sequence-to-sequence query generator from {self.model_name_or_path!r} "

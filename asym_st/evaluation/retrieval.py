@@ -24,7 +24,7 @@ from sentence_transformers import SentenceTransformer
 from asym_st.data.beir import RetrievalDataset
 from asym_st.data.cache import EmbeddingCache
 from asym_st.evaluation.metrics import METRIC_NAMES, compute_metrics
-from asym_st.evaluation.search import IndexKind, SearchConfig, build_index, search
+from asym_st.evaluation.search import IndexKind, SearchConfig, build_index, search, validate_search_options
 
 __all__ = ["RetrievalEvalConfig", "RetrievalResult", "evaluate_retrieval", "model_name", "load_model"]
 
@@ -38,7 +38,8 @@ class RetrievalEvalConfig:
     Args:
         batch_size: encoding batch size (queries and documents).
         top_k: documents retrieved per query (Recall@100 and MAP are computed over them).
-        index: faiss index, ``flat`` (exact, default), ``hnsw`` or ``ivf`` (approximate, for large corpora).
+        index: faiss index, ``flat`` (exact, default), ``hnsw``, ``ivf`` or ``ivfpq`` (approximate, for large
+            corpora; recall vs exact and latency in ``benchmarks/results/ann_recall.md``).
         relevance_level: smallest grade counted as relevant by the binary metrics (TREC-DL: 2); nDCG is graded.
         cache: the embedding cache; ``None`` uses the shared default cache (``$ASYM_ST_CACHE/embeddings``).
         use_cache: ``False`` encodes into a temporary cache that is deleted afterwards (still streamed).
@@ -50,7 +51,8 @@ class RetrievalEvalConfig:
         ignore_identical_ids: drop a document whose id equals the query's id from its results (mteb's option,
             for collections like ArguAna or Quora where queries are also documents).
         chunk_size: texts encoded between two writes to the memory-mapped cache file.
-        search_options: extra :class:`~asym_st.evaluation.search.SearchConfig` fields (``hnsw_ef_search``, ...).
+        search_options: extra :class:`~asym_st.evaluation.search.SearchConfig` fields (``hnsw_ef_search``,
+            ``ivf_nprobe``, ``ivfpq_m``, ``ivfpq_refine``, ...); unknown names raise ``ValueError``.
     """
 
     batch_size: int = 32
@@ -65,6 +67,9 @@ class RetrievalEvalConfig:
     ignore_identical_ids: bool = False
     chunk_size: int = 256
     search_options: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        validate_search_options(self.search_options)
 
     def summary(self) -> dict[str, Any]:
         """The settings that change the numbers (recorded with every result)."""

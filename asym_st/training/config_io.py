@@ -46,6 +46,13 @@ class YamlConfigMixin:
             data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
         except FileNotFoundError as error:
             raise ConfigError(f"Config file {path} does not exist.") from error
+        except yaml.constructor.ConstructorError as error:
+            # safe_load never builds Python objects: `!!python/object/apply:os.system [...]` stops here, unrun.
+            line = f", line {error.problem_mark.line + 1}" if error.problem_mark else ""
+            raise ConfigError(
+                f"{path}{line}: refused: {error.problem}. A config is plain data: it is read with yaml.safe_load, "
+                "which builds no Python object (no !!python/... or custom tags)."
+            ) from error
         except yaml.YAMLError as error:
             raise ConfigError(f"{path}: invalid YAML: {error}") from error
         if not isinstance(data, dict):

@@ -6,6 +6,14 @@ from asym_st.utils.io import (
     atomic_write_bytes,
     atomic_write_json,
     atomic_write_text,
+    file_checksum,
 )
 
-__all__ = ["OutputExistsError", "atomic_directory", "atomic_write_bytes", "atomic_write_json", "atomic_write_text"]
+__all__ = [
+    "OutputExistsError",
+    "atomic_directory",
+    "atomic_write_bytes",
+    "atomic_write_json",
+    "atomic_write_text",
+    "file_checksum",
+]

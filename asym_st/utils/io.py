@@ -9,15 +9,27 @@ into place, which POSIX guarantees to be atomic.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
+import re
 import shutil
+import socket
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-__all__ = ["atomic_directory", "atomic_write_bytes", "atomic_write_json", "atomic_write_text", "OutputExistsError"]
+__all__ = [
+    "atomic_directory",
+    "atomic_write_bytes",
+    "atomic_write_json",
+    "atomic_write_text",
+    "file_checksum",
+    "OutputExistsError",
+]
+
+_CHECKSUM_BLOCK = 1 << 22
 
 
 class OutputExistsError(FileExistsError):
@@ -63,6 +75,16 @@ def atomic_write_json(path: str | os.PathLike, obj: Any, indent: int = 2) -> Pat
     return atomic_write_text(path, json.dumps(obj, indent=indent, sort_keys=False, ensure_ascii=False) + "\n")
 
 
+def file_checksum(path: str | os.PathLike) -> str:
+    """BLAKE2 (128-bit) of a file's bytes, read block by block: what the metadata of a written array records, so
+    that a reader can tell a complete file from a damaged one."""
+    digest = hashlib.blake2b(digest_size=16)
+    with open(path, "rb") as handle:
+        while block := handle.read(_CHECKSUM_BLOCK):
+            digest.update(block)
+    return digest.hexdigest()
+
+
 def _is_nonempty_dir(path: Path) -> bool:
     return path.is_dir() and any(path.iterdir())
 
@@ -76,6 +98,11 @@ def atomic_directory(path: str | os.PathLike, overwrite: bool = False) -> Iterat
     the new one is in place, so at every instant ``path`` is either the complete old or the complete new folder
     (or, for the instant between two renames, absent).
 
+    The temporary folders are hidden siblings, ``.NAME.HOST-PID.XXXXXXXX.partial`` (and ``.old``). A process
+    killed with ``kill -9`` cannot remove its own; the next successful commit to the same ``path`` removes those
+    of processes of this host that are no longer running (a live process's, or another host's on a shared
+    filesystem, are never touched).
+
     Example::
 
         with atomic_directory("out/model", overwrite=True) as tmp:
@@ -87,7 +114,8 @@ def atomic_directory(path: str | os.PathLike, overwrite: bool = False) -> Iterat
     if _is_nonempty_dir(path) and not overwrite:
         raise OutputExistsError(f"{path} already exists and is not empty; pass overwrite=True to replace it.")
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".partial", dir=path.parent))
+    prefix = f".{path.name}.{_owner()}."
+    tmp = Path(tempfile.mkdtemp(prefix=prefix, suffix=".partial", dir=path.parent))
     try:
         yield tmp
     except BaseException:
@@ -95,9 +123,46 @@ def atomic_directory(path: str | os.PathLike, overwrite: bool = False) -> Iterat
         raise
     old = None
     if path.exists():
-        old = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".old", dir=path.parent))
+        old = Path(tempfile.mkdtemp(prefix=prefix, suffix=".old", dir=path.parent))
         os.replace(path, old / "content")
     os.replace(tmp, path)
     _fsync_dir(path.parent)
     if old is not None:
         shutil.rmtree(old, ignore_errors=True)
+    _remove_stale_siblings(path)
+
+
+def _host() -> str:
+    # No dots: they separate the parts of a temporary folder's name.
+    return re.sub(r"[^A-Za-z0-9_-]", "-", socket.gethostname())[:64] or "host"
+
+
+def _owner() -> str:
+    return f"{_host()}-{os.getpid()}"
+
+
+def _process_is_running(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # PermissionError: it exists, as another user's process
+        return True
+    return True
+
+
+def _remove_stale_siblings(path: Path) -> None:
+    """Remove the temporary folders that killed processes of this host left next to ``path`` (best effort)."""
+    prefix, host = f".{path.name}.", _host()
+    with contextlib.suppress(OSError):
+        for entry in os.scandir(path.parent):
+            if not entry.name.startswith(prefix) or not entry.is_dir(follow_symlinks=False):
+                continue
+            parts = entry.name[len(prefix) :].split(".")  # HOST-PID, random part, partial|old
+            if len(parts) != 3 or parts[2] not in ("partial", "old"):
+                continue
+            owner_host, _, pid = parts[0].rpartition("-")
+            if owner_host != host or not pid.isdigit() or int(pid) == os.getpid():
+                continue
+            if not _process_is_running(int(pid)):
+                shutil.rmtree(entry.path, ignore_errors=True)

@@ -123,3 +123,25 @@ def test_evaluate_reports_dropped_qrels(tiny_model_dir, tmp_path, capsys):
     err = capsys.readouterr().err
     assert code == 0
     assert "'qrels_unknown_queries': 1" in err and "'qrels_unknown_documents': 1" in err
+
+
+def test_evaluate_index_and_search_options(tiny_model_dir, tiny_beir, tmp_path, capsys):
+    output = tmp_path / "summary.json"
+    base = ["evaluate", str(tiny_model_dir), "--dataset", str(tiny_beir), "--quiet", "--no-save"]
+    code = main(base + ["--index", "hnsw", "--search-option", "hnsw_ef_search=64", "--output", str(output)])
+    assert code == 0, capsys.readouterr().err
+    config = json.loads(output.read_text())["results"][0]["config"]
+    assert config["index"] == "hnsw" and config["hnsw_ef_search"] == 64
+    for option, message in [
+        ("nprobe=3", "unknown search option(s) nprobe; choose from hnsw_m"),
+        ("ivf_nprobe", "'ivf_nprobe' is not KEY=VALUE"),
+        ("ivf_nprobe=lots", "ivf_nprobe expects an integer, got 'lots'"),
+    ]:
+        with pytest.raises(SystemExit) as exit_info:
+            main(base + ["--search-option", option])
+        assert exit_info.value.code == 2
+        err = capsys.readouterr().err
+        assert "error: argument --search-option: " in err and message in err
+    # 8 documents cannot train 8-bit PQ codes: one readable line, not a traceback.
+    assert main(base + ["--index", "ivfpq"]) == 1
+    assert "index='ivfpq' with ivfpq_nbits=8 needs at least 9984 documents" in capsys.readouterr().err

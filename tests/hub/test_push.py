@@ -219,6 +219,28 @@ def test_tokens_never_leak(bare_model, hub_online, caplog, capsys, tmp_path):
     assert hub_online.token not in repr(_config(hub_online))  # the config's repr hides it
 
 
+def test_token_from_the_environment_is_never_written_or_printed(
+    evaluated_model, hub_online, caplog, capsys, monkeypatch
+):
+    """The usual setup (HF_TOKEN in the environment): the token reaches the Hub's Authorization header and nothing
+    else: no file under the model folder or the dry-run folder, no card, no result file, no log line, no output."""
+    monkeypatch.setenv("HF_TOKEN", hub_online.token)
+    caplog.set_level(logging.DEBUG)
+    preview = evaluated_model.parent / "preview"
+    push_model(evaluated_model, _config(hub_online, token=None, dry_run=True, output_dir=str(preview)))
+    report = push_model(evaluated_model, _config(hub_online, token=None))
+    assert hub_online.files("org/tiny-asym")  # the push did happen, authenticated with the token
+    written = [p for p in evaluated_model.parent.rglob("*") if p.is_file()]
+    assert any(p.name == "operations.json" for p in written) and any(p.suffix == ".safetensors" for p in written)
+    for path in written:
+        assert hub_online.token.encode() not in path.read_bytes(), path
+    for repo_id in ("org/tiny-asym", "org/tiny-asym-query"):
+        for name, content in hub_online.files(repo_id).items():
+            assert hub_online.token.encode() not in content, (repo_id, name)
+    printed = json.dumps(report.to_dict()) + caplog.text + "".join(capsys.readouterr())
+    assert hub_online.token not in printed
+
+
 def test_cli_push_dry_run(evaluated_model, tmp_path, capsys, monkeypatch):
     from huggingface_hub import constants
 
