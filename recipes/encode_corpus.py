@@ -14,6 +14,7 @@ Evaluations and mining of the same document tower on the same corpus then read t
 
 from __future__ import annotations
 
+import logging
 import sys
 
 from asym_st.indexing import CorpusEncodingConfig, encode_corpus
@@ -24,6 +25,7 @@ CONFIG = CorpusEncodingConfig
 
 
 if __name__ == "__main__":
+    logging.basicConfig(format="%(asctime)s %(name)s: %(message)s", level=logging.INFO)
     vectors = encode_corpus(parse_recipe_args(CONFIG, sys.argv[1:]))
     if distributed_state().is_main_process:
         print(f"{vectors.shape[0]} documents × {vectors.shape[1]} dimensions")
