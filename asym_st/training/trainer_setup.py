@@ -167,11 +167,16 @@ def dev_dataset(config: Any) -> RetrievalDataset | None:
 def teacher_query_targets(teacher: SentenceTransformer, queries: QuerySet, config: Any) -> np.ndarray:
     """The teacher's query embeddings of ``queries``, through the on-disk embedding cache (computed once)."""
     cache = EmbeddingCache(Path(config.cache_dir) / "embeddings" if config.cache_dir else None)
-    # The main process encodes and writes the cache; the other ranks then read it back.
-    with distributed_state().main_process_first():
-        return cache.encode(
-            teacher, queries.texts, route="query", batch_size=config.teacher_batch_size, description="teacher targets"
-        )
+    # Under torchrun / accelerate launch every rank encodes its share of the shards and the main process merges
+    # them; every rank then reads the same entry. All ranks must get here together (no main_process_first).
+    return cache.encode(
+        teacher,
+        queries.texts,
+        route="query",
+        batch_size=config.teacher_batch_size,
+        description="teacher targets",
+        distributed=distributed_state().num_processes > 1,
+    )
 
 
 def training_arguments(
