@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import os
-import random
 import subprocess
 import sys
 from pathlib import Path
@@ -26,10 +25,9 @@ from asym_st import build_asymmetric_model, load_asymmetric_model, save_asymmetr
 from asym_st.modeling.config import RECORD_FILE_NAME
 from asym_st.training import QEDConfig, distill_query_tower
 from asym_st.utils.io import atomic_write_json
-from tests.tiny_models import _WORDS
+from tests.training.tiny_qed import QUERIES, tiny_qed_config
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
-QUERIES = [" ".join(random.Random(i).sample(_WORDS, 5)) for i in range(96)]
 MAX_STEPS, SAVE_STEPS = 6, 2
 
 
@@ -50,25 +48,8 @@ def _die_during(*args: str) -> subprocess.CompletedProcess:
 
 
 def _config(folder: Path, teacher: Path, **overrides) -> QEDConfig:
-    folder.mkdir(parents=True, exist_ok=True)
-    (folder / "queries.txt").write_text("\n".join(QUERIES) + "\n")
-    values = dict(
-        teacher=str(teacher),
-        train_queries=[str(folder / "queries.txt")],
-        output_dir=str(folder / "student"),
-        cache_dir=str(folder / "cache"),
-        max_steps=MAX_STEPS,
-        per_device_train_batch_size=16,
-        learning_rate=3e-4,
-        warmup_ratio=0.0,
-        save_steps=SAVE_STEPS,
-        logging_steps=SAVE_STEPS,
-        measure_latency=False,
-        teacher_batch_size=32,
-        resume_from_checkpoint="auto",
-    )
-    values.update(overrides)
-    config = QEDConfig(**values)
+    settings = dict(max_steps=MAX_STEPS, save_steps=SAVE_STEPS, logging_steps=SAVE_STEPS, teacher_batch_size=32)
+    config = tiny_qed_config(folder, teacher, **{**settings, "resume_from_checkpoint": "auto", **overrides})
     (folder / "config.yaml").write_text(yaml.safe_dump(config.to_dict()))
     return config
 

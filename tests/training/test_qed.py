@@ -1,5 +1,4 @@
 import json
-import random
 
 import numpy as np
 import pytest
@@ -11,30 +10,9 @@ from transformers import TrainerCallback
 from asym_st import build_asymmetric_model, extract_tower, fingerprint_modules, tower_modules
 from asym_st.losses.embedding_alignment import EmbeddingAlignmentLoss, RouteMappingError
 from asym_st.training import ConfigError, QEDConfig, distill_query_tower
-from tests.tiny_models import _WORDS
+from tests.training.tiny_qed import QUERIES, tiny_qed_config
 
-QUERIES = [" ".join(random.Random(i).sample(_WORDS, 5)) for i in range(96)]
-
-
-def _config(tmp_path, teacher, **overrides):
-    tmp_path.mkdir(parents=True, exist_ok=True)
-    (tmp_path / "queries.txt").write_text("\n".join(QUERIES) + "\n")
-    values = dict(
-        teacher=str(teacher),
-        train_queries=[str(tmp_path / "queries.txt")],
-        output_dir=str(tmp_path / "student"),
-        cache_dir=str(tmp_path / "cache"),
-        max_steps=12,
-        per_device_train_batch_size=16,
-        learning_rate=3e-4,
-        warmup_ratio=0.0,
-        save_steps=4,
-        logging_steps=2,
-        measure_latency=False,
-        teacher_batch_size=16,
-    )
-    values.update(overrides)
-    return QEDConfig(**values)
+_config = tiny_qed_config
 
 
 def _query_tower_state(model):
