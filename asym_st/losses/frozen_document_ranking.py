@@ -7,7 +7,7 @@ from typing import Any
 
 import torch
 from sentence_transformers import SentenceTransformer
-from sentence_transformers.util import cos_sim
+from sentence_transformers.util import all_gather, cos_sim
 from torch import Tensor, nn
 
 __all__ = ["FrozenDocumentRankingLoss"]
@@ -15,8 +15,12 @@ __all__ = ["FrozenDocumentRankingLoss"]
 _SAME_DOCUMENT_TOLERANCE = 1e-5
 
 
+def _distributed() -> bool:
+    return torch.distributed.is_available() and torch.distributed.is_initialized()
+
+
 class FrozenDocumentRankingLoss(nn.Module):
-    def __init__(self, model: SentenceTransformer, scale: float = 20.0) -> None:
+    def __init__(self, model: SentenceTransformer, scale: float = 20.0, gather_across_devices: bool = False) -> None:
         """``MultipleNegativesRankingLoss`` for a query tower trained against a *frozen* document tower, whose
         embeddings of the positives are precomputed (e.g. read from the embedding cache) instead of being
         re-encoded at every step.
@@ -34,6 +38,10 @@ class FrozenDocumentRankingLoss(nn.Module):
             model: the model whose ``query`` route is trained (an asymmetric model; set
                 ``router_mapping={"query": "query"}``).
             scale: the similarity scale (inverse temperature); 20 as in sentence-transformers.
+            gather_across_devices: under DDP, score each query against the positives of *every* rank's batch (the
+                global batch's in-batch negatives, as ``MultipleNegativesRankingLoss(gather_across_devices=True)``).
+                The positives are labels without gradient, so a plain all-gather suffices; ranks must have equal
+                batch sizes (the distributed sampler pads them). No effect in one process.
 
         References:
             - Henderson et al., 2017. Efficient Natural Language Response Suggestion for Smart Reply.
@@ -65,6 +73,7 @@ class FrozenDocumentRankingLoss(nn.Module):
         super().__init__()
         self.model = model
         self.scale = scale
+        self.gather_across_devices = gather_across_devices
         self.cross_entropy = nn.CrossEntropyLoss()
 
     def forward(self, sentence_features: Iterable[dict[str, Tensor]], labels: Tensor) -> Tensor:
@@ -83,17 +92,21 @@ class FrozenDocumentRankingLoss(nn.Module):
                 f"{labels.shape[-1]}; give the query tower a projection to the document tower's width."
             )
         documents = labels.to(queries.dtype)
-        scores = cos_sim(queries, documents) * self.scale
+        candidates, offset = documents, 0
+        if self.gather_across_devices and _distributed():
+            candidates = all_gather(documents)  # every rank's positives, in rank order
+            offset = torch.distributed.get_rank() * len(documents)
+        scores = cos_sim(queries, candidates) * self.scale
+        targets = torch.arange(len(scores), device=scores.device) + offset
         # Pairs sharing a positive document: that document is not a negative for the other query. Equal texts
         # encoded in different batches can differ in the last bits, hence a tolerance rather than equality.
-        same = cos_sim(documents, documents) > 1 - _SAME_DOCUMENT_TOLERANCE
-        same.fill_diagonal_(False)
+        same = cos_sim(documents, candidates) > 1 - _SAME_DOCUMENT_TOLERANCE
+        same[torch.arange(len(scores), device=scores.device), targets] = False
         scores = scores.masked_fill(same, torch.finfo(scores.dtype).min)
-        targets = torch.arange(len(scores), device=scores.device)
         return self.cross_entropy(scores, targets)
 
     def get_config_dict(self) -> dict[str, Any]:
-        return {"scale": self.scale}
+        return {"scale": self.scale, "gather_across_devices": self.gather_across_devices}
 
     @property
     def citation(self) -> str:

@@ -431,21 +431,27 @@ def _contrastive_setup(
     queries = [query for query, _ in data.pairs]
     # NO_DUPLICATES: a query twice in one batch would be its own false negative.
     arguments: dict[str, Any] = {"batch_sampler": BatchSamplers.NO_DUPLICATES}
+    # Under DDP the in-batch negatives are the global batch's (every rank's positives), as in one process.
+    gather = config.gather_across_devices and distributed_state().num_processes > 1
     name = config.finetune_loss
     if name == "auto":
         name = "frozen_documents" if document_frozen else "mnrl"
     if name == "frozen_documents":
         dataset = Dataset.from_dict({"query": queries, "label": data.pair_embeddings})
         arguments["router_mapping"] = {"query": QUERY_ROUTE}
-        return dataset, FrozenDocumentRankingLoss(model, scale=config.finetune_scale), arguments
+        loss = FrozenDocumentRankingLoss(model, scale=config.finetune_scale, gather_across_devices=gather)
+        return dataset, loss, arguments
     dataset = Dataset.from_dict({"query": queries, "positive": [document for _, document in data.pairs]})
     arguments["router_mapping"] = {"query": QUERY_ROUTE, "positive": DOCUMENT_ROUTE}
     if name == "cached_mnrl":
         loss = CachedMultipleNegativesRankingLoss(
-            model, scale=config.finetune_scale, mini_batch_size=config.finetune_mini_batch_size
+            model,
+            scale=config.finetune_scale,
+            mini_batch_size=config.finetune_mini_batch_size,
+            gather_across_devices=gather,
         )
     else:
-        loss = MultipleNegativesRankingLoss(model, scale=config.finetune_scale)
+        loss = MultipleNegativesRankingLoss(model, scale=config.finetune_scale, gather_across_devices=gather)
     return dataset, loss, arguments
 
 

@@ -145,6 +145,9 @@ class DAFTConfig(YamlConfigMixin):
     finetune_batch_size: int = 64
     finetune_mini_batch_size: int = field(default=16, metadata={"help": "cached_mnrl mini-batch"})
     finetune_scale: float = field(default=20.0, metadata={"help": "similarity scale (1 / temperature)"})
+    gather_across_devices: bool = field(
+        default=True, metadata={"help": "under DDP, in-batch negatives from every rank's batch (stage 2)"}
+    )
     finetune_eval_steps: int = field(default=50, metadata={"help": "steps between dev evaluations"})
     finetune_patience: int = field(default=3, metadata={"help": "dev evaluations without improvement"})
 

@@ -58,3 +58,24 @@ def test_bad_inputs_are_named(model):
         loss([queries], torch.zeros(4, 8))
     with pytest.raises(ValueError, match="'label' column"):
         loss([queries], None)
+
+
+def test_gathered_negatives_make_two_ranks_equal_one_global_batch(model, monkeypatch):
+    """Under DDP each rank scores its queries against every rank's positives; the mean of the two ranks' losses
+    (DDP averages their gradients) is the one-process loss over the global batch."""
+    import asym_st.losses.frozen_document_ranking as module
+
+    documents = model.encode_document(DOCUMENTS, convert_to_tensor=True)
+    global_loss = FrozenDocumentRankingLoss(model)([model.preprocess(QUERIES, task="query")], documents)
+    loss = FrozenDocumentRankingLoss(model, gather_across_devices=True)
+    monkeypatch.setattr(module, "_distributed", lambda: True)
+    monkeypatch.setattr(module, "all_gather", lambda local: documents)  # both ranks' halves, in rank order
+    per_rank = []
+    for rank, rows in enumerate((slice(0, 2), slice(2, 4))):
+        monkeypatch.setattr(torch.distributed, "get_rank", lambda rank=rank: rank)
+        per_rank.append(loss([model.preprocess(QUERIES[rows], task="query")], documents[rows]))
+    torch.testing.assert_close((per_rank[0] + per_rank[1]) / 2, global_loss, atol=1e-5, rtol=1e-5)
+    # Without gathering each rank only sees its own half: a different (easier) loss.
+    local = FrozenDocumentRankingLoss(model)([model.preprocess(QUERIES[:2], task="query")], documents[:2])
+    assert not torch.allclose(local, per_rank[0])
+    assert loss.get_config_dict()["gather_across_devices"] is True
