@@ -100,3 +100,22 @@ def test_daft_both_stages_under_torchrun(tiny_teacher_path, beir, tmp_path):
     _launch(torchrun, "daft.py", arguments, tmp_path)
     record = _record(tmp_path / "daft")
     assert record["num_processes"] == 2 and record["method"] == "DAFT"
+
+
+def test_md2pr_under_torchrun_with_a_given_cross_encoder(tiny_teacher_path, beir, tmp_path):
+    from sentence_transformers.cross_encoder import CrossEncoder
+
+    cross_encoder = tmp_path / "cross-encoder"
+    CrossEncoder(str(tiny_teacher_path.parent / "hf"), num_labels=1).save_pretrained(str(cross_encoder))
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2"]
+    arguments = ["--teacher", str(tiny_teacher_path), "--train_dataset", f"{beir}:train"]
+    arguments += ["--eval_datasets", f"{beir}:test", "--cross_encoder", str(cross_encoder)]
+    arguments += ["--num_candidates", "5", "--num_negatives", "3", "--passage_max_length", "16"]
+    arguments += ["--per_device_train_batch_size", "4", "--max_steps", "3", "--fn_schedule", "step"]
+    arguments += ["--measure_latency", "false", "--cache_dir", str(tmp_path), "--output_dir", str(tmp_path / "md2pr")]
+    _launch(torchrun, "md2pr.py", arguments, tmp_path)
+    record = _record(tmp_path / "md2pr")
+    assert record["num_processes"] == 2 and record["method"] == "MD2PR"
+    # the word level ran on both ranks: the summaries written once, by the main process, and read by both
+    assert record["word_level"] is True and record["attention_pairs"] > 0
+    assert (tmp_path / "md2pr" / "eval" / "retention.json").is_file()
