@@ -6,6 +6,7 @@ built-in ``Router``, so they load without asym-st installed.
 """
 
 from asym_st.hub import CardConfig, PushConfig, push_model, render_card, write_card
+from asym_st.indexing import CorpusEncodingConfig, encode_corpus
 from asym_st.modeling import (
     DOCUMENT_ROUTE,
     QUERY_ROUTE,
@@ -29,10 +30,12 @@ from asym_st.modeling import (
 from asym_st.training import (
     DAFTConfig,
     EmbedDistillConfig,
+    MD2PRConfig,
     QEDConfig,
     TASBalancedConfig,
     distill_query_tower,
     embed_distill,
+    md2pr,
     tas_balanced,
     train_daft,
 )
@@ -69,6 +72,10 @@ __all__ = [
     "train_daft",
     "TASBalancedConfig",
     "tas_balanced",
+    "MD2PRConfig",
+    "md2pr",
+    "CorpusEncodingConfig",
+    "encode_corpus",
     "CardConfig",
     "PushConfig",
     "push_model",
