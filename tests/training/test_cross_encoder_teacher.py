@@ -25,6 +25,22 @@ class OracleScorer:
         return np.array([self.qrels.get(q, {}).get(p, 0) for q, p in zip(query_ids, passage_ids, strict=True)])
 
 
+def _teacher_config(teacher, beir, tmp_path, name: str, **overrides) -> CrossEncoderTeacherConfig:
+    values = dict(
+        train_dataset=f"{beir}:train",
+        output_dir=str(tmp_path / name),
+        base_model=str(teacher),  # a sentence-transformers folder: its encoder + a fresh head
+        num_candidates=5,
+        num_negatives=2,
+        max_length=32,
+        per_device_train_batch_size=8,
+        learning_rate=1e-3,
+        batch_size=16,
+        cache_dir=str(tmp_path / "cache"),
+    )
+    return CrossEncoderTeacherConfig(**{**values, **overrides})
+
+
 def test_training_pairs_are_positives_and_sampled_candidates(beir):
     train = load_beir(beir, split="train")
     candidates = Dataset.from_dict(
@@ -43,20 +59,7 @@ def test_training_pairs_are_positives_and_sampled_candidates(beir):
 
 def test_trains_saves_and_measures_a_cross_encoder(tiny_teacher_path, beir, tmp_path):
     test = load_beir(beir, split="test")
-    config = CrossEncoderTeacherConfig(
-        train_dataset=f"{beir}:train",
-        output_dir=str(tmp_path / "cross-encoder"),
-        base_model=str(tiny_teacher_path),  # a sentence-transformers folder: its encoder + a fresh head
-        num_candidates=5,
-        num_negatives=2,
-        max_length=32,
-        max_steps=3,
-        per_device_train_batch_size=8,
-        learning_rate=1e-3,
-        logging_steps=1,
-        batch_size=16,
-        cache_dir=str(tmp_path / "cache"),
-    )
+    config = _teacher_config(tiny_teacher_path, beir, tmp_path, "cross-encoder", max_steps=3, logging_steps=1)
     result = train_cross_encoder(config, excluded=[test])
     assert result.details["training_queries"] == 24 and result.details["training_pairs"] == 24 * 3
     assert result.details["positive_pairs"] == 24 and result.details["pos_weight"] == pytest.approx(2.0)
@@ -99,20 +102,7 @@ def test_an_interrupted_teacher_training_resumes_from_its_checkpoint(tiny_teache
     from sentence_transformers.cross_encoder import CrossEncoderTrainer
 
     def config(name: str) -> CrossEncoderTeacherConfig:
-        return CrossEncoderTeacherConfig(
-            train_dataset=f"{beir}:train",
-            output_dir=str(tmp_path / name),
-            base_model=str(tiny_teacher_path),
-            num_candidates=5,
-            num_negatives=2,
-            max_length=32,
-            max_steps=4,
-            save_steps=2,
-            per_device_train_batch_size=8,
-            learning_rate=1e-3,
-            batch_size=16,
-            cache_dir=str(tmp_path / "cache"),
-        )
+        return _teacher_config(tiny_teacher_path, beir, tmp_path, name, max_steps=4, save_steps=2)
 
     uninterrupted = train_cross_encoder(config("whole"))
     step = CrossEncoderTrainer.training_step
