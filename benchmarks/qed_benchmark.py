@@ -100,6 +100,14 @@ def main() -> None:
     print(to_markdown(result))
 
 
+def _hardware_line(hardware: dict) -> str:
+    """The device the latencies and training ran on: the GPU when there was one, else the CPU and its threads."""
+    host = (
+        f"{hardware.get('cpu', '?')}, {hardware.get('torch_threads', '?')} threads, torch {hardware.get('torch', '?')}"
+    )
+    return f"{hardware['gpu']} (host: {host})" if "gpu" in hardware else host
+
+
 def to_markdown(result: dict) -> str:
     config = result["config"]
     first = result["variants"][0]
@@ -111,7 +119,7 @@ def to_markdown(result: dict) -> str:
         "",
         f"Command: `{result['command']}`  ",
         f"Training queries: {first['training']['training_queries']['report']}  ",
-        f"Hardware: {hardware.get('cpu', '?')}, {hardware.get('torch_threads', '?')} threads, torch {hardware.get('torch', '?')}",
+        f"Hardware: {_hardware_line(hardware)}",
         "",
         "| query tower | " + " | ".join(f"{d} nDCG@10 | {d} R@100 | {d} retention" for d in datasets) + " |",
         "|---|" + "---:|" * (3 * len(datasets)),
