@@ -18,6 +18,7 @@ from asym_st.training.qed import QEDResult, distill_query_tower
 from asym_st.training.qed_config import ConfigError, QEDConfig
 from asym_st.training.tas_balanced import TASBalancedResult, tas_balanced
 from asym_st.training.tas_balanced_config import TASBalancedConfig
+from asym_st.training.teacher_signal import TeacherSignal, teacher_signal
 from asym_st.training.trainer_setup import load_eval_dataset
 
 __all__ = [
@@ -38,6 +39,7 @@ __all__ = [
     "RerankResult",
     "TASBalancedConfig",
     "TASBalancedResult",
+    "TeacherSignal",
     "distill_query_tower",
     "embed_distill",
     "embedding_diagnostics",
@@ -45,6 +47,7 @@ __all__ = [
     "md2pr",
     "rerank_evaluation",
     "tas_balanced",
+    "teacher_signal",
     "train_cross_encoder",
     "train_daft",
 ]

@@ -22,6 +22,7 @@ in Python). It must have one output logit, and for the word-level loss the same 
 from __future__ import annotations
 
 import logging
+import math
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
@@ -232,6 +233,18 @@ def train_cross_encoder(
     )
     trainer = CrossEncoderTrainer(model=model, args=args, train_dataset=pairs, loss=loss)
     trainer.train(resume_from_checkpoint=find_resume_checkpoint(config.resume_from_checkpoint, checkpoint_dir))
+    losses = [entry["loss"] for entry in trainer.state.log_history if "loss" in entry]
+    constant = constant_prediction_loss(positives, len(pairs), float(pos_weight))
+    # BCE stuck at a constant prediction's value: the cross-encoder learnt nothing (e.g. too few steps for a
+    # bi-encoder base). MD2PR's teacher check refuses it later; say so here, where the cause is.
+    learned = not losses or sum(losses[-3:]) / len(losses[-3:]) < 0.9 * constant
+    if not learned:
+        logger.warning(
+            "The cross-encoder's loss stayed at %.3f, a constant prediction's %.3f: it did not learn. Train more "
+            "steps or with a higher learning rate (a GPU makes that cheap), or use a trained cross-encoder.",
+            sum(losses[-3:]) / len(losses[-3:]),
+            constant,
+        )
     details = {
         "base_model": config.base_model,
         "retriever": model_name(retriever),
@@ -240,6 +253,8 @@ def train_cross_encoder(
         "training_pairs": len(pairs),
         "positive_pairs": positives,
         "pos_weight": float(pos_weight),
+        "constant_prediction_loss": constant,
+        "learned": learned,
         "steps": int(trainer.state.global_step),
         "train_seconds": round(time.perf_counter() - started, 1),
         "config": asdict(config),
@@ -252,6 +267,12 @@ def train_cross_encoder(
         "Cross-encoder teacher: %d pairs, %.0fs, saved to %s", len(pairs), details["train_seconds"], config.output_dir
     )
     return CrossEncoderTeacherResult(model=model, output_dir=Path(config.output_dir), details=details)
+
+
+def constant_prediction_loss(positives: int, pairs: int, pos_weight: float) -> float:
+    """Weighted BCE of a model that predicts one constant logit, 0 (the optimum when positives are up-weighted to
+    balance the negatives): ``ln 2 · (pos_weight · P + N) / (P + N)``. A loss that stays there learnt nothing."""
+    return math.log(2) * (pos_weight * positives + pairs - positives) / pairs
 
 
 # ----------------------------------------------------------------------------------------------- measuring

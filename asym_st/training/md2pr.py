@@ -72,6 +72,7 @@ from asym_st.training.dev_evaluator import RetrievalDevEvaluator
 from asym_st.training.md2pr_config import MD2PRConfig
 from asym_st.training.qed import QEDResult
 from asym_st.training.reporting import evaluate_and_save
+from asym_st.training.teacher_signal import TeacherSignal, require_useful_teacher, teacher_signal
 from asym_st.training.trainer_setup import (
     build_student,
     distributed_state,
@@ -228,6 +229,40 @@ def _teacher_scores(
     )
 
 
+def _row_matrix(rows: MD2PRRows, pair_scores: np.ndarray) -> np.ndarray:
+    """``rows × candidates`` scores from per-pair scores, ``nan`` in an empty slot."""
+    return np.where(rows.columns < 0, np.nan, pair_scores[np.where(rows.columns < 0, 0, rows.columns)])
+
+
+def _teacher_signal(
+    rows: MD2PRRows,
+    scores: np.ndarray,
+    retriever: SentenceTransformer,
+    train: RetrievalDataset,
+    cache: EmbeddingCache,
+    config: MD2PRConfig,
+) -> TeacherSignal:
+    """The cross-encoder's ranking of the rows against the retriever's (its embeddings: the cache entries that
+    mining wrote), at the sentence level's temperatures."""
+    query_ids, doc_ids = list(train.queries), list(train.corpus)
+    encode = dict(batch_size=config.teacher_batch_size, show_progress_bar=False)
+    queries = cache.encode(retriever, [train.queries[q] for q in query_ids], route=QUERY_ROUTE, **encode)
+    documents = cache.encode(retriever, [train.corpus[d] for d in doc_ids], route=DOCUMENT_ROUTE, **encode)
+    if str(retriever.similarity_fn_name) == "cosine":
+        queries = queries / np.linalg.norm(queries, axis=1, keepdims=True).clip(1e-12)
+        documents = documents / np.linalg.norm(documents, axis=1, keepdims=True).clip(1e-12)
+    query_row = {q: i for i, q in enumerate(query_ids)}
+    doc_row = {d: i for i, d in enumerate(doc_ids)}
+    pair_scores = np.einsum(
+        "pd,pd->p",
+        queries[[query_row[q] for q, _ in rows.pairs]],
+        documents[[doc_row[d] for _, d in rows.pairs]],
+    )
+    return teacher_signal(
+        _row_matrix(rows, scores), _row_matrix(rows, pair_scores), config.teacher_temperature, config.temperature
+    )
+
+
 def _attention(
     rows: MD2PRRows,
     cross_encoder: CrossEncoder,
@@ -262,9 +297,7 @@ def _columns(num_negatives: int) -> list[str]:
 def _dataset(rows: MD2PRRows, scores: np.ndarray, train: RetrievalDataset, word_level: bool) -> Dataset:
     """Text columns (query, positive, negative_1..n; "" in an empty slot) and the label
     ``[scores (n+1) | attention rows (n+1)]`` (scores only without the word level), float64 so rows stay exact."""
-    empty = rows.columns < 0
-    safe = np.where(empty, 0, rows.columns)
-    label = np.where(empty, np.nan, scores[safe].astype(np.float64))
+    label = _row_matrix(rows, scores.astype(np.float64))
     if word_level:
         label = np.concatenate([label, rows.columns.astype(np.float64)], axis=1)
     data: dict[str, Any] = {"query": [train.queries[q] for q in rows.query_ids]}
@@ -398,6 +431,8 @@ def md2pr(config: MD2PRConfig, callbacks: Sequence[TrainerCallback] = (), evalua
         )
         rows = build_rows(candidates, config.num_negatives, config.max_positives_per_query, config.seed)
         scores = _teacher_scores(rows, CrossEncoderScorer(cross_encoder, config.teacher_batch_size), train, config)
+        signal = _teacher_signal(rows, scores, teacher, train, cache, config)
+        require_useful_teacher(signal, teacher_facts["cross_encoder"], config.allow_weaker_teacher)
         attention = _attention(rows, cross_encoder, model, train, config) if word_level else None
     train_dataset = _dataset(rows, scores, train, word_level)
     candidate_filter = None
@@ -435,6 +470,7 @@ def md2pr(config: MD2PRConfig, callbacks: Sequence[TrainerCallback] = (), evalua
         "empty_negative_slots": int((rows.columns < 0).sum()),
         "skipped_no_positive": len(rows.skipped_no_positive),
         "teacher_positive_score_mean": float(np.mean(scores[rows.columns[:, 0]])),
+        "teacher_signal": signal.to_dict(),
         "word_level": word_level,
         "attention_pairs": len(attention) if attention is not None else 0,
         "false_negative_filter": candidate_filter.summary() if candidate_filter is not None else None,

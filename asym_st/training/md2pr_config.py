@@ -45,6 +45,11 @@ class MD2PRConfig(QEDConfig):
     ``temperature²`` scales the loss (as in sentence-transformers' ``DistillKLDivLoss``); keeping ``temperature`` at 1
     keeps the sentence term on the word term's scale.
 
+    Before training, the teacher's ranking of the training rows is compared with the retriever's
+    (:mod:`asym_st.training.teacher_signal`): a teacher that ranks the judged positives first less often than the
+    student's own starting scores is refused (``allow_weaker_teacher`` overrides), and temperatures that flatten or
+    stretch the student's score gaps more than four-fold are reported with the ``teacher_temperature`` that matches.
+
     Ablations are config changes: sentence level only (``word_weight: 0``, ``false_negative_filter: false``),
     + word level (``word_weight > 0``), + the filter (``false_negative_filter: true``).
 
@@ -110,6 +115,10 @@ class MD2PRConfig(QEDConfig):
     cross_encoder_learning_rate: float = field(default=2e-5, metadata={"help": "cross-encoder learning rate"})
     cross_encoder_negatives: int = field(default=4, metadata={"help": "negatives per query for the cross-encoder"})
     cross_encoder_max_length: int = field(default=256, metadata={"help": "cross-encoder max tokens per pair"})
+    allow_weaker_teacher: bool = field(
+        default=False,
+        metadata={"help": "distil a teacher that ranks the training rows worse than the retriever (tests, studies)"},
+    )
 
     per_device_train_batch_size: int = 16
     num_train_epochs: float = 2.0

@@ -1,4 +1,5 @@
 import json
+import math
 
 import numpy as np
 import pytest
@@ -64,6 +65,9 @@ def test_trains_saves_and_measures_a_cross_encoder(tiny_teacher_path, beir, tmp_
     assert result.details["training_queries"] == 24 and result.details["training_pairs"] == 24 * 3
     assert result.details["positive_pairs"] == 24 and result.details["pos_weight"] == pytest.approx(2.0)
     assert result.details["steps"] == 3 and any("loss" in entry for entry in result.details["log_history"])
+    # 24 positives, 48 negatives, pos_weight 2: a constant logit 0 scores ln 2 · (2·24 + 48) / 72
+    assert result.details["constant_prediction_loss"] == pytest.approx(math.log(2) * 96 / 72)
+    assert isinstance(result.details["learned"], bool)
 
     loaded = CrossEncoder(str(tmp_path / "cross-encoder"))  # a plain sentence-transformers load
     assert loaded.num_labels == 1
@@ -125,3 +129,12 @@ def test_an_interrupted_teacher_training_resumes_from_its_checkpoint(tiny_teache
     assert not any(entry.get("step") == 1 for entry in resumed.details["log_history"] if "loss" in entry)
     pairs = [("what is the capital of france", "paris is the capital"), ("cat", "dog")]
     np.testing.assert_allclose(resumed.model.predict(pairs), uninterrupted.model.predict(pairs), atol=1e-5)
+
+
+def test_a_loss_stuck_at_a_constant_prediction_is_reported_as_not_learned(tiny_teacher_path, beir, tmp_path, caplog):
+    config = _teacher_config(tiny_teacher_path, beir, tmp_path, "cross-encoder", max_steps=2, logging_steps=1)
+    config.learning_rate = 0.0  # nothing moves: the fresh head's logits stay near 0, the constant prediction
+    with caplog.at_level("WARNING"):
+        result = train_cross_encoder(config)
+    assert result.details["learned"] is False
+    assert "did not learn" in caplog.text

@@ -1,3 +1,4 @@
+import importlib
 import json
 import shutil
 from pathlib import Path
@@ -66,6 +67,7 @@ def _config(tmp_path, teacher, data, **overrides) -> MD2PRConfig:
         logging_steps=1,
         measure_latency=False,
         teacher_batch_size=16,
+        allow_weaker_teacher=True,  # a 2-step cross-encoder on random weights: plumbing, not a useful teacher
     )
     return MD2PRConfig(**{**values, **overrides})
 
@@ -93,6 +95,8 @@ def test_full_md2pr_run_then_an_ablation_reusing_the_teacher(tiny_teacher_path, 
     assert facts["word_level"] is True and facts["attention_pairs"] == facts["distinct_pairs"] == 24 * 4
     assert facts["loss"]["class"] == "TokenInteractionLoss" and facts["loss"]["frozen_documents"] is True
     assert facts["loss"]["sentence_loss"]["false_negative_filter"] is True
+    signal = facts["teacher_signal"]  # the teacher's ranking of the rows vs the retriever's, recorded
+    assert signal["rows"] == 24 and signal["candidates"] == 4 and 0 <= signal["teacher_top1"] <= 1
     # the threshold schedule ran once a step: quantile 1.0 -> 0.0 of the positives' scores over the 4 steps
     fn = facts["false_negative_filter"]
     assert [p["quantile"] for p in fn["periods"]] == pytest.approx([1.0, 2 / 3, 1 / 3, 0.0])
@@ -206,3 +210,21 @@ def test_config_errors_name_the_field(tiny_teacher_path, labelled, tmp_path):
         _config(tmp_path, tiny_teacher_path, labelled, fn_quantile=2.0)
     with pytest.raises(ConfigError, match="teacher_temperature must be positive"):
         _config(tmp_path, tiny_teacher_path, labelled, teacher_temperature=0.0)
+
+
+def test_md2pr_refuses_an_inverted_teacher_before_training(
+    tiny_teacher_path, labelled, untrained_cross_encoder, tmp_path, monkeypatch
+):
+    def inverted(rows, scorer, train, config):  # positives scored lowest: a teacher worse than any retriever
+        scores = np.full(len(rows.pairs), 5.0, dtype=np.float32)
+        scores[rows.columns[:, 0]] = -5.0
+        return scores
+
+    # the package re-exports the md2pr function under the module's name: fetch the module itself
+    monkeypatch.setattr(importlib.import_module("asym_st.training.md2pr"), "_teacher_scores", inverted)
+    config = _config(
+        tmp_path, tiny_teacher_path, labelled, cross_encoder=str(untrained_cross_encoder), allow_weaker_teacher=False
+    )
+    with pytest.raises(ConfigError, match=r"first in 0\.0% of 24 training rows"):
+        md2pr(config)
+    assert not (tmp_path / "student").exists()
