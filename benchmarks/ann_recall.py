@@ -40,14 +40,14 @@ from pathlib import Path
 
 import faiss
 import numpy as np
+from results_io import RESULTS, write_results  # benchmarks/ is on sys.path when a benchmark runs
 
 from asym_st.data import load_beir, read_query_file
 from asym_st.data.cache import EmbeddingCache
 from asym_st.evaluation import RetrievalEvalConfig, evaluate_retrieval
 from asym_st.evaluation.search import SearchConfig, build_index, search, set_search_parameters
-from asym_st.utils import atomic_write_bytes, atomic_write_json, atomic_write_text
+from asym_st.utils import atomic_write_bytes
 
-RESULTS = Path(__file__).parent / "results"
 SHARED = Path(__file__).resolve().parents[2] / "shared"
 TOP_K = 100
 
@@ -360,10 +360,8 @@ def _render(name: str) -> None:
 
 
 def _write(result: dict, name: str) -> None:
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    plot(result["rows"], result["target"], RESULTS / f"{name}.png")
-    atomic_write_json(RESULTS / f"{name}.json", result)
-    atomic_write_text(RESULTS / f"{name}.md", to_markdown(result))
+    plot(result["rows"], result["target"], RESULTS / f"{name}.png")  # atomic_write_bytes creates RESULTS
+    write_results(name, result, to_markdown(result))
     print(to_markdown(result))
 
 

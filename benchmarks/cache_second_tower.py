@@ -24,12 +24,12 @@ import sys
 import tempfile
 from pathlib import Path
 
+from results_io import write_results  # benchmarks/ is on sys.path when a benchmark runs
+
 from asym_st import QueryTowerConfig, build_asymmetric_model
 from asym_st.data import EmbeddingCache, load_beir
 from asym_st.evaluation import RetrievalEvalConfig, evaluate_retrieval, hardware_description
-from asym_st.utils import atomic_write_json, atomic_write_text
 
-RESULTS = Path(__file__).parent / "results"
 SHARED = Path(__file__).resolve().parents[2] / "shared"
 
 
@@ -74,7 +74,6 @@ def main() -> None:
         "target": "< 0.10",
         "met": ratio < 0.10,
     }
-    atomic_write_json(RESULTS / f"{args.name}.json", report)
     hw = report["hardware"]
     lines = [
         "# Second query tower against a cached document tower",
@@ -98,7 +97,7 @@ def main() -> None:
         "",
         f"Second / first wall: **{ratio * 100:.1f}%** (target < 10%: {'met' if ratio < 0.10 else 'NOT met'}).",
     ]
-    atomic_write_text(RESULTS / f"{args.name}.md", "\n".join(lines) + "\n")
+    write_results(args.name, report, "\n".join(lines) + "\n")
 
 
 if __name__ == "__main__":

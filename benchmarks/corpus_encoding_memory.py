@@ -45,7 +45,6 @@ import time
 from datetime import datetime, timezone
 from pathlib import Path
 
-RESULTS = Path(__file__).parent / "results"
 MINILM = "sentence-transformers/all-MiniLM-L6-v2"
 DIMENSION = 384
 
@@ -254,8 +253,9 @@ def main() -> None:
         worker(args)
         return
 
+    from results_io import write_results  # benchmarks/ is on sys.path when a benchmark runs
+
     from asym_st.evaluation import hardware_description
-    from asym_st.utils import atomic_write_json, atomic_write_text
 
     hardware = hardware_description("cpu")
     rows = [_measure("minilm", size, 256, 32, args) for size in args.minilm_sizes]
@@ -289,9 +289,7 @@ def main() -> None:
             "measured 628 / 760 MB peak anon at 500 / 2,000 passages.",
         ],
     }
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    atomic_write_json(RESULTS / f"{args.name}.json", result)
-    atomic_write_text(RESULTS / f"{args.name}.md", to_markdown(result))
+    write_results(args.name, result, to_markdown(result))
     print(to_markdown(result))
 
 

@@ -38,6 +38,8 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+from results_io import RESULTS, write_results  # benchmarks/ is on sys.path when a benchmark runs
+
 from asym_st.evaluation.divergence import tower_divergence
 from asym_st.evaluation.latency import hardware_description
 from asym_st.evaluation.results import load_results
@@ -47,9 +49,6 @@ from asym_st.modeling import load_asymmetric_model, load_sentence_transformer
 from asym_st.training.collapse import tower_diagnostics
 from asym_st.training.daft import DAFTData, build_daft_model, prepare_daft_data, train_daft
 from asym_st.training.daft_config import DAFTConfig
-from asym_st.utils import atomic_write_json, atomic_write_text
-
-RESULTS = Path(__file__).parent / "results"
 
 SMOKE = dict(
     train_max_queries=40,
@@ -180,9 +179,7 @@ def main() -> None:
         "hardware": hardware_description(teacher.device),
         "rows": rows,
     }
-    results_dir.mkdir(parents=True, exist_ok=True)
-    atomic_write_json(results_dir / f"{args.name}.json", result)
-    atomic_write_text(results_dir / f"{args.name}.md", to_markdown(result))
+    write_results(args.name, result, to_markdown(result), results_dir)
     print(to_markdown(result))
     print(f"written: {results_dir / args.name}.{{json,md}}", file=sys.stderr)
 

@@ -36,10 +36,8 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+from results_io import RESULTS, write_results  # noqa: E402  (benchmarks/ is on sys.path when a benchmark runs)
 
-from asym_st.utils import atomic_write_json, atomic_write_text  # noqa: E402
-
-RESULTS = Path(__file__).parent / "results"
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared"
 
@@ -189,10 +187,9 @@ def main() -> None:
     command = "HF_HUB_CACHE=../shared/hf-hub HF_HUB_OFFLINE=1 python benchmarks/ddp_loss_curve.py"
     if args.steps != 60 or args.global_batch != 32:
         command += f" --steps {args.steps} --global-batch {args.global_batch}"
-    RESULTS.mkdir(exist_ok=True)
+    RESULTS.mkdir(exist_ok=True)  # _plot's savefig does not create the folder
     _plot(runs, RESULTS / f"{args.name}.png")
-    atomic_write_json(RESULTS / f"{args.name}.json", result)
-    atomic_write_text(RESULTS / f"{args.name}.md", _markdown(result, command))
+    write_results(args.name, result, _markdown(result, command))
     print(_markdown(result, command))
 
 

@@ -50,14 +50,13 @@ from dataclasses import replace
 from pathlib import Path
 
 import torch
-from smoke_data import write_beir  # benchmarks/ is on sys.path when a benchmark runs
+from results_io import RESULTS, write_results  # benchmarks/ is on sys.path when a benchmark runs
+from smoke_data import write_beir
 
 from asym_st.data.beir import available_splits, load_beir
 from asym_st.evaluation.results import load_results
 from asym_st.training import EmbedDistillConfig, embed_distill
-from asym_st.utils import atomic_write_json, atomic_write_text
 
-RESULTS = Path(__file__).parent / "results"
 REPO = Path(__file__).resolve().parents[1]
 
 VARIANTS: dict[str, dict[str, dict]] = {
@@ -290,9 +289,7 @@ def main() -> None:
         "groups": groups,
     }
     target = workdir if workdir is not None else RESULTS
-    target.mkdir(exist_ok=True)
-    atomic_write_json(target / f"{args.name}.json", result)
-    atomic_write_text(target / f"{args.name}.md", to_markdown(result))
+    write_results(args.name, result, to_markdown(result), target)
     print(to_markdown(result))
     print(f"written to {target / args.name}.{{json,md}}", file=sys.stderr)
 

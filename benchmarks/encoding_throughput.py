@@ -25,9 +25,8 @@ import time
 from datetime import datetime, timezone
 from pathlib import Path
 
-from asym_st.utils import atomic_write_json, atomic_write_text
+from results_io import write_results  # benchmarks/ is on sys.path when a benchmark runs
 
-RESULTS = Path(__file__).parent / "results"
 REPO = Path(__file__).resolve().parents[1]
 CORPUS = REPO.parent / "shared" / "data" / "beir" / "trec-dl-2019-passage"
 LOG_LINE = re.compile(r"(\d+) documents × (\d+) dimensions in (\d+)s \(([\d.]+) documents/s")
@@ -122,9 +121,7 @@ def main() -> None:
     command = "HF_HUB_CACHE=../shared/hf-hub HF_HUB_OFFLINE=1 python benchmarks/encoding_throughput.py"
     if args.mpnet_cache:
         command += " --mpnet-cache ~/.cache/asym_st/hf-hub-mpnet"
-    RESULTS.mkdir(exist_ok=True)
-    atomic_write_json(RESULTS / f"{args.name}.json", result)
-    atomic_write_text(RESULTS / f"{args.name}.md", _markdown(result, command))
+    write_results(args.name, result, _markdown(result, command))
     print(_markdown(result, command))
 
 

@@ -28,6 +28,7 @@ import sys
 import time
 from pathlib import Path
 
+from results_io import RESULTS, write_results  # benchmarks/ is on sys.path when a benchmark runs
 from sentence_transformers import SentenceTransformer
 
 from asym_st.data import load_beir
@@ -36,7 +37,6 @@ from asym_st.evaluation.mteb_integration import mteb_to_retrieval_result, mteb_v
 from asym_st.evaluation.results import result_file_stem
 from asym_st.utils import atomic_write_json, atomic_write_text
 
-RESULTS = Path(__file__).parent / "results"
 SHARED = Path(__file__).resolve().parents[2] / "shared"
 # Published nDCG@10 of all-MiniLM-L6-v2 on the MTEB leaderboard (../shared/README.md).
 PUBLISHED = {"scifact": 64.51, "nfcorpus": 31.59}
@@ -134,8 +134,7 @@ def main() -> None:
     report = json.loads(json_path.read_text()) if json_path.is_file() else {"datasets": {}, "commands": []}
     report["notes"] = NOTES
     if args.markdown_only:
-        atomic_write_json(json_path, report)
-        atomic_write_text(RESULTS / f"{args.name}.md", _markdown(report))
+        write_results(args.name, report, _markdown(report))
         return
     model = SentenceTransformer(args.model, device="cpu")
     report.update(

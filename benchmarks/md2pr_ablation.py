@@ -48,8 +48,9 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 import torch
+from results_io import RESULTS, write_results  # benchmarks/ is on sys.path when a benchmark runs
 from sentence_transformers.cross_encoder import CrossEncoder
-from smoke_data import write_beir  # benchmarks/ is on sys.path when a benchmark runs
+from smoke_data import write_beir
 
 from asym_st.data.beir import load_beir, split_dataset_spec
 from asym_st.data.cache import EmbeddingCache
@@ -59,9 +60,7 @@ from asym_st.evaluation.retrieval import RetrievalEvalConfig, evaluate_retrieval
 from asym_st.modeling import extract_tower, load_asymmetric_model
 from asym_st.training import MD2PRConfig, md2pr, rerank_evaluation
 from asym_st.training.trainer_setup import load_eval_dataset
-from asym_st.utils import atomic_write_json, atomic_write_text
 
-RESULTS = Path(__file__).parent / "results"
 REPO = Path(__file__).resolve().parents[1]
 
 VARIANTS: dict[str, dict] = {
@@ -319,9 +318,7 @@ def main() -> None:
         batch_size=base.per_device_train_batch_size,
         config=base.to_dict(),
     )
-    target.mkdir(parents=True, exist_ok=True)
-    atomic_write_json(target / f"{args.name}.json", result)
-    atomic_write_text(target / f"{args.name}.md", to_markdown(result))
+    write_results(args.name, result, to_markdown(result), folder=target)
     print(to_markdown(result))
     print(f"written to {target / args.name}.{{json,md}}", file=sys.stderr)
 

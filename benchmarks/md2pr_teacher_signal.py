@@ -20,6 +20,8 @@ import sys
 from dataclasses import replace
 from pathlib import Path
 
+from results_io import write_results  # benchmarks/ is on sys.path when a benchmark runs
+
 from asym_st.data.cache import EmbeddingCache
 from asym_st.data.mining import MiningConfig, mine_from_dataset
 from asym_st.data.teacher_scores import CrossEncoderScorer
@@ -27,9 +29,7 @@ from asym_st.training import MD2PRConfig
 from asym_st.training.cross_encoder_teacher import constant_prediction_loss
 from asym_st.training.md2pr import _teacher_scores, _teacher_signal, build_rows, load_cross_encoder_teacher
 from asym_st.training.trainer_setup import build_student, evaluation_splits, labelled_training_split
-from asym_st.utils import atomic_write_json, atomic_write_text
 
-RESULTS = Path(__file__).parent / "results"
 NOTES = [
     "## Reading",
     "",
@@ -139,9 +139,7 @@ def main() -> None:
         "config": config.to_dict(),
         **measure(config, args.temperatures),
     }
-    RESULTS.mkdir(exist_ok=True)
-    atomic_write_json(RESULTS / f"{args.name}.json", result)
-    atomic_write_text(RESULTS / f"{args.name}.md", to_markdown(result))
+    write_results(args.name, result, to_markdown(result))
     print(to_markdown(result))
 
 

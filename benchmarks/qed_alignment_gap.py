@@ -33,6 +33,7 @@ from collections import Counter
 from pathlib import Path
 
 import numpy as np
+from results_io import RESULTS, write_results  # benchmarks/ is on sys.path when a benchmark runs
 from scipy import stats
 from sentence_transformers import SentenceTransformer
 
@@ -46,9 +47,7 @@ from asym_st.evaluation.retention import retention_report
 from asym_st.evaluation.retrieval import RetrievalEvalConfig, load_model
 from asym_st.training import QEDConfig
 from asym_st.training.trainer_setup import evaluation_splits, teacher_query_targets
-from asym_st.utils import atomic_write_json, atomic_write_text
 
-RESULTS = Path(__file__).parent / "results"
 # What the committed numbers show, written after reading them (update, then --markdown-only, after a new run).
 NOTES = [
     "- The hypothesis is not supported. NFCorpus test queries are the *best* aligned of the three (mean cosine 0.886 "
@@ -222,9 +221,7 @@ def main() -> None:
             **measure(config, args.model or config.output_dir, args.threshold, args.train_sample),
         }
     result["notes"] = NOTES
-    RESULTS.mkdir(exist_ok=True)
-    atomic_write_json(json_path, result)
-    atomic_write_text(RESULTS / f"{args.name}.md", to_markdown(result))
+    write_results(args.name, result, to_markdown(result))
     print(to_markdown(result))
 
 

@@ -22,14 +22,13 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
+from results_io import write_results  # benchmarks/ is on sys.path when a benchmark runs
+
 from asym_st import QueryTowerConfig, build_asymmetric_model, extract_tower
 from asym_st.evaluation.results import load_results
 from asym_st.evaluation.retention import retention_report
 from asym_st.evaluation.retrieval import RetrievalEvalConfig
 from asym_st.training import QEDConfig, distill_query_tower, load_eval_dataset
-from asym_st.utils import atomic_write_json, atomic_write_text
-
-RESULTS = Path(__file__).parent / "results"
 
 
 def _distilled(config: QEDConfig, layers: list[int], reuse: bool) -> dict:
@@ -94,9 +93,7 @@ def main() -> None:
         "config": config.to_dict(),
         "variants": variants,
     }
-    RESULTS.mkdir(exist_ok=True)
-    atomic_write_json(RESULTS / f"{args.name}.json", result)
-    atomic_write_text(RESULTS / f"{args.name}.md", to_markdown(result))
+    write_results(args.name, result, to_markdown(result))
     print(to_markdown(result))
 
 

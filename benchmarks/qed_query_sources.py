@@ -27,12 +27,10 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 import torch
+from results_io import write_results  # benchmarks/ is on sys.path when a benchmark runs
 
 from asym_st.evaluation.results import load_results
 from asym_st.training import QEDConfig, distill_query_tower
-from asym_st.utils import atomic_write_json, atomic_write_text
-
-RESULTS = Path(__file__).parent / "results"
 
 
 def _sources(corpus: str) -> dict[str, list[str]]:
@@ -120,9 +118,7 @@ def main() -> None:
         "hardware": f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads",
         "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    atomic_write_json(RESULTS / f"{args.name}.json", result)
-    atomic_write_text(RESULTS / f"{args.name}.md", to_markdown(result))
+    write_results(args.name, result, to_markdown(result))
     print(to_markdown(result))
 
 

@@ -35,6 +35,7 @@ from pathlib import Path
 from statistics import mean
 
 import torch
+from results_io import write_results  # benchmarks/ is on sys.path when a benchmark runs
 
 from asym_st.evaluation.results import load_results
 from asym_st.evaluation.retention import retention_row
@@ -42,9 +43,7 @@ from asym_st.evaluation.retrieval import RetrievalEvalConfig, evaluate_retrieval
 from asym_st.modeling import extract_tower, load_asymmetric_model
 from asym_st.training import TASBalancedConfig, tas_balanced
 from asym_st.training.trainer_setup import load_eval_dataset
-from asym_st.utils import atomic_write_json, atomic_write_text
 
-RESULTS = Path(__file__).parent / "results"
 REPO = Path(__file__).resolve().parents[1]
 
 VARIANTS: dict[str, dict] = {
@@ -199,9 +198,7 @@ def main() -> None:
         batch_size=base.per_device_train_batch_size,
         config=base.to_dict(),
     )
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    atomic_write_json(RESULTS / f"{args.name}.json", result)
-    atomic_write_text(RESULTS / f"{args.name}.md", to_markdown(result))
+    write_results(args.name, result, to_markdown(result))
     print(to_markdown(result))
 
 

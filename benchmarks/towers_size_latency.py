@@ -15,13 +15,12 @@ import argparse
 import tempfile
 from pathlib import Path
 
+from results_io import write_results  # benchmarks/ is on sys.path when a benchmark runs
+
 from asym_st import QueryTowerConfig, build_asymmetric_model, save_asymmetric_model, tower_modules
 from asym_st.data import read_query_file
 from asym_st.evaluation import LatencyConfig, measure_latency
 from asym_st.modeling import count_parameters, extract_tower
-from asym_st.utils import atomic_write_json, atomic_write_text
-
-RESULTS = Path(__file__).parent / "results"
 
 
 def _folder_megabytes(folder: Path) -> float:
@@ -77,9 +76,7 @@ def main() -> None:
         "towers": rows,
         "speedup_p50": speedup,
     }
-    RESULTS.mkdir(exist_ok=True)
-    atomic_write_json(RESULTS / f"{args.name}.json", result)
-    atomic_write_text(RESULTS / f"{args.name}.md", _markdown(result))
+    write_results(args.name, result, _markdown(result))
     print(_markdown(result))
 
 

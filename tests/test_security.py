@@ -13,7 +13,6 @@ import ast
 import importlib
 import inspect
 import json
-import random
 import shutil
 from pathlib import Path
 
@@ -21,7 +20,7 @@ import pytest
 
 from asym_st import build_asymmetric_model, load_asymmetric_model, save_asymmetric_model
 from tests.conftest import REPO_ROOT
-from tests.tiny_models import _WORDS
+from tests.training.tiny_qed import tiny_qed_config
 
 LIBRARY = REPO_ROOT / "asym_st"
 
@@ -407,43 +406,18 @@ def test_saved_models_hold_safetensors_only(tiny_teacher_path, tmp_path):
     _assert_safetensors_only(save_tower(model, "document", tmp_path / "document"))
 
 
-def _write_beir(folder: Path) -> Path:
-    rng = random.Random(0)
-    corpus = {f"d{i}": " ".join(rng.sample(_WORDS, 8)) for i in range(12)}
-    queries = {f"{split}{i}": " ".join(rng.sample(_WORDS, 4)) for split in ("train", "test") for i in range(6)}
-    folder.mkdir(parents=True)
-    (folder / "corpus.jsonl").write_text("".join(json.dumps({"_id": k, "text": v}) + "\n" for k, v in corpus.items()))
-    (folder / "queries.jsonl").write_text("".join(json.dumps({"_id": k, "text": v}) + "\n" for k, v in queries.items()))
-    (folder / "qrels").mkdir()
-    for split in ("train", "test"):
-        rows = [f"{q}\td{i}\t1" for i, q in enumerate(queries) if q.startswith(split)]
-        (folder / "qrels" / f"{split}.tsv").write_text("query-id\tcorpus-id\tscore\n" + "\n".join(rows) + "\n")
-    return folder
+def test_training_pipelines_save_safetensors_only(tiny_teacher_path, beir, tmp_path):
+    from asym_st.training import CrossEncoderTeacherConfig, distill_query_tower, train_cross_encoder
 
-
-def test_training_pipelines_save_safetensors_only(tiny_teacher_path, tmp_path):
-    from asym_st.training import CrossEncoderTeacherConfig, QEDConfig, distill_query_tower, train_cross_encoder
-
-    (tmp_path / "queries.txt").write_text("\n".join(" ".join(random.Random(i).sample(_WORDS, 5)) for i in range(16)))
-    qed = QEDConfig(
-        teacher=str(tiny_teacher_path),
-        train_queries=[str(tmp_path / "queries.txt")],
-        output_dir=str(tmp_path / "qed"),
-        cache_dir=str(tmp_path / "cache"),
-        max_steps=2,
-        save_steps=1,
-        per_device_train_batch_size=8,
-        measure_latency=False,
-    )
+    qed = tiny_qed_config(tmp_path / "qed", tiny_teacher_path, max_steps=2, save_steps=1, per_device_train_batch_size=8)
     distill_query_tower(qed, evaluate=False)
-    _assert_safetensors_only(tmp_path / "qed")
+    _assert_safetensors_only(Path(qed.output_dir))
     # Checkpoints hold the model as safetensors too; the Trainer's optimiser / scheduler / RNG states are torch
     # files that transformers reads back with weights_only=True (docs/security.md).
     for checkpoint in Path(qed.resolved_checkpoint_dir).iterdir():
         assert (checkpoint / "model.safetensors").is_file() or list(checkpoint.rglob("*.safetensors")), checkpoint
         assert not [p for p in checkpoint.rglob("*") if p.suffix in (".pkl", ".pickle", ".joblib")]
 
-    beir = _write_beir(tmp_path / "beir")
     teacher = train_cross_encoder(
         CrossEncoderTeacherConfig(
             train_dataset=f"{beir}:train",
