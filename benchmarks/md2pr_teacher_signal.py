@@ -23,11 +23,9 @@ from pathlib import Path
 from results_io import write_results  # benchmarks/ is on sys.path when a benchmark runs
 
 from asym_st.data.cache import EmbeddingCache
-from asym_st.data.mining import MiningConfig, mine_from_dataset
-from asym_st.data.teacher_scores import CrossEncoderScorer
 from asym_st.training import MD2PRConfig
 from asym_st.training.cross_encoder_teacher import constant_prediction_loss
-from asym_st.training.md2pr import _teacher_scores, _teacher_signal, build_rows, load_cross_encoder_teacher
+from asym_st.training.md2pr import _teacher_signal, load_cross_encoder_teacher, scored_rows
 from asym_st.training.trainer_setup import build_student, evaluation_splits, labelled_training_split
 
 NOTES = [
@@ -50,15 +48,7 @@ def measure(config: MD2PRConfig, temperatures: list[float]) -> dict:
     train = labelled_training_split(config.train_dataset, excluded, config.max_train_queries)
     cache = EmbeddingCache(Path(config.cache_dir) / "embeddings" if config.cache_dir else None)
     cross_encoder, facts = load_cross_encoder_teacher(config, teacher, excluded)
-    candidates = mine_from_dataset(
-        teacher,
-        train,
-        MiningConfig(top_k=config.num_candidates, batch_size=config.teacher_batch_size, include_texts=False),
-        min_relevance=config.min_relevance,
-        cache=cache,
-    )
-    rows = build_rows(candidates, config.num_negatives, config.max_positives_per_query, config.seed)
-    scores = _teacher_scores(rows, CrossEncoderScorer(cross_encoder, config.teacher_batch_size), train, config)
+    rows, scores = scored_rows(config, teacher, cross_encoder, train, cache)
     signals = [
         {
             "teacher_temperature": t,

@@ -89,6 +89,7 @@ __all__ = [
     "build_rows",
     "load_cross_encoder_teacher",
     "md2pr",
+    "scored_rows",
 ]
 
 logger = logging.getLogger(__name__)
@@ -211,6 +212,25 @@ def build_rows(
         raise ValueError("No training row: no query has a judged positive in the corpus.")
     pairs = list(pair_index)
     return MD2PRRows(query_ids, pairs, np.asarray(columns, dtype=np.int64), skipped)
+
+
+def scored_rows(
+    config: MD2PRConfig,
+    retriever: SentenceTransformer,
+    cross_encoder: CrossEncoder,
+    train: RetrievalDataset,
+    cache: EmbeddingCache,
+) -> tuple[MD2PRRows, np.ndarray]:
+    """MD2PR's training rows (mined by ``retriever``) and the cross-encoder's score of each distinct pair (cached)."""
+    candidates = mine_from_dataset(
+        retriever,
+        train,
+        MiningConfig(top_k=config.num_candidates, batch_size=config.teacher_batch_size, include_texts=False),
+        min_relevance=config.min_relevance,
+        cache=cache,
+    )
+    rows = build_rows(candidates, config.num_negatives, config.max_positives_per_query, config.seed)
+    return rows, _teacher_scores(rows, CrossEncoderScorer(cross_encoder, config.teacher_batch_size), train, config)
 
 
 def _teacher_scores(
@@ -422,15 +442,7 @@ def md2pr(config: MD2PRConfig, callbacks: Sequence[TrainerCallback] = (), evalua
     word_level = config.word_weight > 0
     with state.main_process_first():
         cross_encoder, teacher_facts = load_cross_encoder_teacher(config, teacher, excluded)
-        candidates = mine_from_dataset(
-            teacher,
-            train,
-            MiningConfig(top_k=config.num_candidates, batch_size=config.teacher_batch_size, include_texts=False),
-            min_relevance=config.min_relevance,
-            cache=cache,
-        )
-        rows = build_rows(candidates, config.num_negatives, config.max_positives_per_query, config.seed)
-        scores = _teacher_scores(rows, CrossEncoderScorer(cross_encoder, config.teacher_batch_size), train, config)
+        rows, scores = scored_rows(config, teacher, cross_encoder, train, cache)
         signal = _teacher_signal(rows, scores, teacher, train, cache, config)
         require_useful_teacher(signal, teacher_facts["cross_encoder"], config.allow_weaker_teacher)
         attention = _attention(rows, cross_encoder, model, train, config) if word_level else None
