@@ -9,7 +9,9 @@ Command for benchmarks/results/md2pr_teacher_signal.{json,md} (repository root, 
 cross-encoder and the QED student must exist, see benchmarks/md2pr_ablation.py):
 
     HF_HUB_CACHE=../shared/hf-hub HF_HUB_OFFLINE=1 python benchmarks/md2pr_teacher_signal.py \\
-        --config recipes/configs/md2pr_scifact.yaml
+        --config recipes/configs/md2pr_scifact.yaml --cross-encoder outputs/minilm-cross-encoder-scifact
+
+(the first teacher: 1 epoch at 2e-5; the config now names a retrained one, measured the same way once it exists).
 """
 
 from __future__ import annotations
@@ -122,8 +124,15 @@ def main() -> None:
     parser.add_argument("--config", required=True)
     parser.add_argument("--temperatures", type=float, nargs="+", default=[20.0, 1.0, 0.05])
     parser.add_argument("--name", default="md2pr_teacher_signal")
+    parser.add_argument(
+        "--cross-encoder",
+        default=None,
+        help="a trained cross-encoder folder to measure (default: the config's teacher)",
+    )
     args = parser.parse_args()
     config = MD2PRConfig.from_yaml(args.config)
+    if args.cross_encoder:
+        config = replace(config, cross_encoder=args.cross_encoder)
     result = {
         "command": "python benchmarks/md2pr_teacher_signal.py " + " ".join(sys.argv[1:]),
         "config": config.to_dict(),

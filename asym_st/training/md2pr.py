@@ -114,19 +114,23 @@ def load_cross_encoder_teacher(
     config: MD2PRConfig, retriever: SentenceTransformer, excluded: Sequence[RetrievalDataset] = ()
 ) -> tuple[CrossEncoder, dict[str, Any]]:
     """``config.cross_encoder`` when given; else the cross-encoder trained earlier in ``cross_encoder_output_dir``
-    (if it was trained on the same data from the same base), else a new one trained now (single process only)."""
+    (if it was trained with the same data, base and training settings), else a new one trained now (single
+    process only; an interrupted training resumes from its checkpoints)."""
     if config.cross_encoder:
         return CrossEncoder(config.cross_encoder), {"cross_encoder": config.cross_encoder, "trained": False}
-    folder = Path(config.resolved_cross_encoder_dir)
+    teacher_config = _teacher_config(config)
+    folder = Path(teacher_config.output_dir)
     record_file = folder / TEACHER_RECORD_FILE
     if record_file.is_file():
         record = json.loads(record_file.read_text())
-        wanted = {"train_dataset": config.resolved_teacher_train_dataset, "base_model": config.cross_encoder_base}
-        found = {key: record.get(key) for key in wanted}
+        wanted = {"train_dataset": teacher_config.train_dataset, "base_model": teacher_config.base_model}
+        wanted.update({key: getattr(teacher_config, key) for key in TEACHER_SETTINGS})
+        found = {key: record.get(key, record.get("config", {}).get(key)) for key in wanted}
         if found != wanted:
+            changed = {key: (found[key], wanted[key]) for key in wanted if found[key] != wanted[key]}
             raise ConfigError(
-                f"cross_encoder_output_dir {folder} holds a cross-encoder trained with {found}, not {wanted}: "
-                "delete it or set another cross_encoder_output_dir."
+                f"cross_encoder_output_dir {folder} holds a cross-encoder trained with other settings "
+                f"(found, wanted: {changed}): delete it or set another cross_encoder_output_dir."
             )
         logger.info("Reusing the cross-encoder teacher in %s.", folder)
         return CrossEncoder(str(folder)), {"cross_encoder": str(folder), "trained": False, "training": _brief(record)}
@@ -135,9 +139,28 @@ def load_cross_encoder_teacher(
             f"No cross-encoder in {folder}, and training one needs a single process: run the recipe once without "
             "torchrun / accelerate launch (the cross-encoder is saved there and reused), or set cross_encoder."
         )
-    teacher_config = CrossEncoderTeacherConfig(
+    trained = train_cross_encoder(teacher_config, retriever=retriever, excluded=excluded)
+    return trained.model, {"cross_encoder": str(folder), "trained": True, "training": _brief(trained.details)}
+
+
+#: Settings of the cross-encoder's training that a reused teacher folder must match (besides data and base).
+TEACHER_SETTINGS = (
+    "learning_rate",
+    "num_train_epochs",
+    "max_steps",
+    "num_negatives",
+    "num_candidates",
+    "max_length",
+    "per_device_train_batch_size",
+    "seed",
+)
+
+
+def _teacher_config(config: MD2PRConfig) -> CrossEncoderTeacherConfig:
+    """How MD2PR trains its cross-encoder when ``cross_encoder`` is empty."""
+    return CrossEncoderTeacherConfig(
         train_dataset=config.resolved_teacher_train_dataset,
-        output_dir=str(folder),
+        output_dir=config.resolved_cross_encoder_dir,
         base_model=config.cross_encoder_base,
         num_candidates=config.num_candidates,
         num_negatives=min(config.cross_encoder_negatives, config.num_candidates),
@@ -155,8 +178,6 @@ def load_cross_encoder_teacher(
         cache_dir=str(Path(config.cache_dir)) if config.cache_dir else None,
         overwrite=True,
     )
-    trained = train_cross_encoder(teacher_config, retriever=retriever, excluded=excluded)
-    return trained.model, {"cross_encoder": str(folder), "trained": True, "training": _brief(trained.details)}
 
 
 def _brief(record: Mapping[str, Any]) -> dict[str, Any]:

@@ -134,6 +134,18 @@ def test_full_md2pr_run_then_an_ablation_reusing_the_teacher(tiny_teacher_path, 
     assert _logged(ablation, "sentence_kl") and not _logged(ablation, "word_kl") and not _logged(ablation, "fn_seen")
     assert ablation.details["teacher_positive_score_mean"] == pytest.approx(facts["teacher_positive_score_mean"])
 
+    # The saved teacher was trained at another learning rate: refused, not silently reused (nor overwritten).
+    other = _config(
+        tmp_path,
+        tiny_teacher_path,
+        labelled,
+        init_from=str(qed_student),
+        cross_encoder_learning_rate=1e-3,
+        overwrite_output_dir=True,
+    )
+    with pytest.raises(ConfigError, match=r"other settings .*'learning_rate': \(2e-05, 0\.001\)"):
+        md2pr(other)
+
 
 def test_both_towers_train_and_the_teacher_stays(tiny_teacher_path, labelled, untrained_cross_encoder, tmp_path):
     config = _config(
