@@ -24,7 +24,8 @@ must exist: ``python recipes/qed.py --config recipes/configs/qed_minilm.yaml``):
 No table yet. The first attempt (2026-11-22/23, this CPU) trained the cross-encoder for one epoch at 2e-5 (260 steps,
 103 min): it did not learn (its loss stayed at a constant prediction's, and it ranks its own training positives
 first less often than the bi-encoder; see benchmarks/results/md2pr_teacher_signal.md), and distilling it took the
-QED student from 62.78 to 48.46 nDCG@10. MD2PR now refuses such a teacher, so the rows wait for one that learns
+QED student from 62.78 to 48.46 nDCG@10 (benchmarks/results/md2pr_ablation_first_teacher.md). MD2PR now refuses
+such a teacher, so the rows wait for one that learns
 (trained longer, on a GPU, or a Hub cross-encoder). Cost on the shared 2-core CPU: the teacher's reranking of
 SciFact test's top 100 (30,000 pairs at up to 256 tokens) takes an hour or more; training the cross-encoder ~100 min
 an epoch; each trained row is ~100 steps.
@@ -153,7 +154,7 @@ def run(base: MD2PRConfig, names: list[str], seeds: list[int], max_steps: int | 
         "queries": len(dataset.queries),
         "documents": len(dataset.corpus),
         "bi_encoder_teacher_ndcg_at_10": teacher.metrics["ndcg_at_10"],
-        "cross_encoder_teacher": _teacher_rerank(base, bi_encoder, dataset, top_k),
+        "cross_encoder_teacher": _teacher_rerank(base, bi_encoder, dataset, top_k) if top_k > 0 else None,
         "rows": rows,
     }
 
@@ -266,11 +267,16 @@ def to_markdown(result: dict) -> str:
         "",
         f"- bi-encoder (all-MiniLM-L6-v2, the frozen document tower): nDCG@10 "
         f"{100 * result['bi_encoder_teacher_ndcg_at_10']:.2f}",
-        f"- cross-encoder `{cross['cross_encoder']}` reranking the bi-encoder's top {cross['top_k']}: nDCG@10 "
-        f"{100 * cross['ndcg_at_10']:.2f} (first stage {100 * cross['retriever_ndcg_at_10']:.2f}; "
-        f"{cross['seconds']:.0f}s)",
     ]
-    if cross.get("training"):
+    if cross:
+        lines.append(
+            f"- cross-encoder `{cross['cross_encoder']}` reranking the bi-encoder's top {cross['top_k']}: nDCG@10 "
+            f"{100 * cross['ndcg_at_10']:.2f} (first stage {100 * cross['retriever_ndcg_at_10']:.2f}; "
+            f"{cross['seconds']:.0f}s)"
+        )
+    else:
+        lines.append("- cross-encoder reranking: not measured in this run (`--rerank-top-k 0`)")
+    if cross and cross.get("training"):
         lines.append(f"- cross-encoder training: {cross['training']}")
     filtered = rows[-1]
     if filtered["fn_seen"]:
@@ -279,6 +285,8 @@ def to_markdown(result: dict) -> str:
             "negatives dropped over the run (per seed)"
         )
     lines += ["", "p vs QED: paired t-test over per-query nDCG@10 against the QED student (one value per seed)."]
+    if result.get("note"):
+        lines += ["", f"**Note.** {result['note']}"]
     return "\n".join(lines) + "\n"
 
 
@@ -288,7 +296,11 @@ def main() -> None:
     parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
     parser.add_argument("--seeds", nargs="+", type=int, default=[42])
     parser.add_argument("--max-steps", type=int, help="optimisation steps of every trained run (default: the config's)")
-    parser.add_argument("--rerank-top-k", type=int, default=100, help="documents the cross-encoder reranks")
+    parser.add_argument(
+        "--rerank-top-k", type=int, default=100, help="documents the cross-encoder reranks (0: skip, it takes ~1 h)"
+    )
+    parser.add_argument("--cross-encoder", help="a trained cross-encoder folder (default: the config's teacher)")
+    parser.add_argument("--note", default="", help="a paragraph added to the report (what the run stands for)")
     parser.add_argument("--reuse", action="store_true", help="reuse finished runs found in the output folders")
     parser.add_argument("--smoke", action="store_true", help="tiny sub-samples, 2 steps, temporary folder")
     parser.add_argument("--smoke-dir", help="the smoke run's folder (default: a new temporary folder)")
@@ -296,6 +308,8 @@ def main() -> None:
     args = parser.parse_args()
 
     base = MD2PRConfig.from_yaml(args.config)
+    if args.cross_encoder:
+        base = replace(base, cross_encoder=args.cross_encoder)
     target = RESULTS
     if args.smoke:
         target = Path(args.smoke_dir or tempfile.mkdtemp(prefix="md2pr_smoke_"))
@@ -317,6 +331,7 @@ def main() -> None:
         seeds=args.seeds,
         batch_size=base.per_device_train_batch_size,
         config=base.to_dict(),
+        note=args.note,
     )
     write_results(args.name, result, to_markdown(result), folder=target)
     print(to_markdown(result))

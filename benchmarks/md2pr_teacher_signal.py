@@ -26,25 +26,21 @@ from results_io import write_results  # benchmarks/ is on sys.path when a benchm
 
 from asym_st.data.cache import EmbeddingCache
 from asym_st.training import MD2PRConfig
-from asym_st.training.cross_encoder_teacher import constant_prediction_loss
-from asym_st.training.md2pr import _teacher_signal, load_cross_encoder_teacher, scored_rows
+from asym_st.training.cross_encoder_teacher import (
+    TEACHER_RECORD_FILE,
+    constant_prediction_loss,
+    loss_left_constant,
+)
+from asym_st.training.md2pr import load_cross_encoder_teacher, measure_teacher_signal, scored_rows
 from asym_st.training.trainer_setup import build_student, evaluation_splits, labelled_training_split
-
-NOTES = [
-    "## Reading",
-    "",
-    "- The cross-encoder did not learn: its loss never left the constant-prediction value, its logits barely differ "
-    "within a row, and it ranks the judged positives of its own training queries first less often than the "
-    "bi-encoder that mined them. At MD2PR's teacher_temperature 20 its target over each row is uniform, so the "
-    "sentence-level KL pulls every candidate toward the same score: this is why the ablation's sentence-level row "
-    "fell from the QED student's 62.78 to 48.46 nDCG@10 on SciFact test (p = 6e-20).",
-    "- MD2PR now measures this before training and refuses such a teacher (`allow_weaker_teacher` overrides); the "
-    "ablation waits for a teacher that learns: more steps or a higher learning rate than one epoch at 2e-5 on a GPU, "
-    "or a Hub cross-encoder (cross-encoder/ms-marco-MiniLM-L6-v2) where the Hub is reachable.",
-]
 
 
 def measure(config: MD2PRConfig, temperatures: list[float]) -> dict:
+    if not config.cross_encoder and not (Path(config.resolved_cross_encoder_dir) / TEACHER_RECORD_FILE).is_file():
+        raise SystemExit(
+            f"No trained cross-encoder in {config.resolved_cross_encoder_dir}: train it first (python recipes/md2pr.py "
+            "--config ...) or pass --cross-encoder FOLDER; this benchmark measures a teacher, it does not train one."
+        )
     _, teacher = build_student(config, "MD2PR")
     _, _, excluded = evaluation_splits(config)
     train = labelled_training_split(config.train_dataset, excluded, config.max_train_queries)
@@ -54,28 +50,51 @@ def measure(config: MD2PRConfig, temperatures: list[float]) -> dict:
     signals = [
         {
             "teacher_temperature": t,
-            **_teacher_signal(rows, scores, teacher, train, cache, replace(config, teacher_temperature=t)).to_dict(),
+            **measure_teacher_signal(
+                rows, scores, teacher, train, cache, replace(config, teacher_temperature=t)
+            ).to_dict(),
         }
         for t in temperatures
     ]
-    record_file = Path(facts["cross_encoder"]) / "teacher_training.json"
+    record_file = Path(facts["cross_encoder"]) / TEACHER_RECORD_FILE
     training = None
     if record_file.is_file():
         record = json.loads(record_file.read_text())
         losses = [entry["loss"] for entry in record["log_history"] if "loss" in entry]
+        constant = constant_prediction_loss(record["positive_pairs"], record["training_pairs"], record["pos_weight"])
         training = {
             "steps": record["steps"],
             "train_seconds": record["train_seconds"],
             "training_pairs": record["training_pairs"],
             "learning_rate": record["config"]["learning_rate"],
             "epochs": record["config"]["num_train_epochs"],
-            "constant_prediction_loss": constant_prediction_loss(
-                record["positive_pairs"], record["training_pairs"], record["pos_weight"]
-            ),
+            "constant_prediction_loss": constant,
+            "learned": record.get("learned", loss_left_constant(losses, constant)),
             "first_logged_losses": losses[:3],
             "last_logged_losses": losses[-3:],
         }
     return {"cross_encoder": facts["cross_encoder"], "training": training, "signals": signals}
+
+
+def _reading(signal: dict, training: dict | None) -> list[str]:
+    """What the measurement says, from its numbers (so that a re-run with another teacher reads right)."""
+    lines = ["## Reading", ""]
+    if training and not training.get("learned", True):
+        lines.append("- The cross-encoder's training loss ended at the constant-prediction value: it did not learn.")
+    if signal["teacher_top1"] < signal["retriever_top1"] or signal["teacher_top1"] <= signal["chance_top1"]:
+        lines.append(
+            "- It ranks the judged positives of its own training rows first less often than the bi-encoder that "
+            "mined them (or no better than chance): MD2PR refuses it (`allow_weaker_teacher` overrides)."
+        )
+    else:
+        lines.append("- It ranks the training rows' positives at least as well as the bi-encoder: MD2PR accepts it.")
+    ratio = signal["implied_spread_ratio"]
+    if ratio is not None and ratio < 1 / 16:
+        lines.append(
+            f"- At teacher_temperature {signal['teacher_temperature']:g} the KL would flatten the student's score "
+            f"gaps {1 / ratio:.0f}-fold (refused); {signal['matched_teacher_temperature']:.3g} matches the scales."
+        )
+    return lines
 
 
 def to_markdown(result: dict) -> str:
@@ -88,7 +107,7 @@ def to_markdown(result: dict) -> str:
     training = result["training"]
     if training:
         lines += [
-            f"Cross-encoder training: {training['steps']} steps ({training['epochs']} epoch, lr "
+            f"Cross-encoder training: {training['steps']} steps ({training['epochs']:g} epoch(s), lr "
             f"{training['learning_rate']}) on {training['training_pairs']} pairs, {training['train_seconds'] / 60:.0f} "
             f"min. Logged loss: first {', '.join(f'{x:.3f}' for x in training['first_logged_losses'])}, last "
             f"{', '.join(f'{x:.3f}' for x in training['last_logged_losses'])}; a constant prediction scores "
@@ -103,9 +122,9 @@ def to_markdown(result: dict) -> str:
         "",
         f"- cross-encoder top-1 {first['teacher_top1']:.1%}, retriever (the bi-encoder teacher that mined the rows) "
         f"top-1 "
-        f"{first['retriever_top1']:.1%}, chance {1 / first['candidates']:.1%}",
+        f"{first['retriever_top1']:.1%}, chance {first['chance_top1']:.1%}",
         f"- spread: cross-encoder {first['teacher_spread']:.4f} logits, retriever {first['retriever_spread']:.4f} "
-        f"(cosine); temperature that matches the scales: {first['matched_teacher_temperature']:.3g}",
+        f"(its similarity); temperature that matches the scales: {first['matched_teacher_temperature']:.3g}",
         "",
         "| teacher_temperature | implied / current gaps | target entropy / uniform |",
         "|---:|---:|---:|",
@@ -115,7 +134,7 @@ def to_markdown(result: dict) -> str:
             f"| {signal['teacher_temperature']:g} | {signal['implied_spread_ratio']:.3g} | "
             f"{signal['target_entropy_ratio']:.2%} |"
         )
-    lines += ["", *NOTES, ""]
+    lines += ["", *_reading(first, training), ""]
     return "\n".join(lines)
 
 

@@ -33,7 +33,7 @@ from collections import Counter
 from pathlib import Path
 
 import numpy as np
-from results_io import RESULTS, write_results  # benchmarks/ is on sys.path when a benchmark runs
+from results_io import RESULTS, hardware_line, write_results  # benchmarks/ is on sys.path when a benchmark runs
 from scipy import stats
 from sentence_transformers import SentenceTransformer
 
@@ -195,7 +195,7 @@ def measure(config: QEDConfig, model_path: str, threshold: float, train_sample: 
         "teacher": config.teacher,
         "query_layers": config.query_layers,
         "training_queries": queries.report(),
-        "hardware": hardware_description("cpu"),
+        "hardware": hardware_description(student.device),
         "rows": rows,
         "training_alignment": training_alignment(student, queries, targets, names, train_sample, config.seed),
     }
@@ -225,12 +225,6 @@ def main() -> None:
     print(to_markdown(result))
 
 
-def _hardware_line(hardware: dict) -> str:
-    return (
-        f"{hardware.get('cpu', '?')}, {hardware.get('torch_threads', '?')} threads, torch {hardware.get('torch', '?')}"
-    )
-
-
 def _rho(value: dict) -> str:
     if value["rho"] is None:
         return "n/a"
@@ -247,7 +241,7 @@ def to_markdown(result: dict) -> str:
         "",
         f"Command: `{result['command']}`  ",
         f"Training queries: {result['training_queries']}  ",
-        f"Hardware: {_hardware_line(result['hardware'])}",
+        f"Hardware: {hardware_line(result['hardware'])}",
         "",
         "Alignment = cos(student query embedding, teacher query embedding) per test query; coverage = highest "
         "teacher-embedding cosine of a test query to any training query; Δ = student − teacher nDCG@10 (×100, ± the "

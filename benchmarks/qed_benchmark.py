@@ -22,7 +22,7 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
-from results_io import write_results  # benchmarks/ is on sys.path when a benchmark runs
+from results_io import hardware_line, write_results  # benchmarks/ is on sys.path when a benchmark runs
 
 from asym_st import QueryTowerConfig, build_asymmetric_model, extract_tower
 from asym_st.evaluation.results import load_results
@@ -97,14 +97,6 @@ def main() -> None:
     print(to_markdown(result))
 
 
-def _hardware_line(hardware: dict) -> str:
-    """The device the latencies and training ran on: the GPU when there was one, else the CPU and its threads."""
-    host = (
-        f"{hardware.get('cpu', '?')}, {hardware.get('torch_threads', '?')} threads, torch {hardware.get('torch', '?')}"
-    )
-    return f"{hardware['gpu']} (host: {host})" if "gpu" in hardware else host
-
-
 def to_markdown(result: dict) -> str:
     config = result["config"]
     first = result["variants"][0]
@@ -116,7 +108,7 @@ def to_markdown(result: dict) -> str:
         "",
         f"Command: `{result['command']}`  ",
         f"Training queries: {first['training']['training_queries']['report']}  ",
-        f"Hardware: {_hardware_line(hardware)}",
+        f"Hardware: {hardware_line(hardware)}",
         "",
         "| query tower | " + " | ".join(f"{d} nDCG@10 | {d} R@100 | {d} retention" for d in datasets) + " |",
         "|---|" + "---:|" * (3 * len(datasets)),

@@ -23,3 +23,11 @@ def write_results(name: str, result: dict, markdown: str, folder: Path = RESULTS
     """
     atomic_write_json(folder / f"{name}.json", result)
     atomic_write_text(folder / f"{name}.md", markdown)
+
+
+def hardware_line(hardware: dict) -> str:
+    """The device the latencies and training ran on: the GPU when there was one, else the CPU and its threads."""
+    host = (
+        f"{hardware.get('cpu', '?')}, {hardware.get('torch_threads', '?')} threads, torch {hardware.get('torch', '?')}"
+    )
+    return f"{hardware['gpu']} (host: {host})" if "gpu" in hardware else host

@@ -235,14 +235,13 @@ def train_cross_encoder(
     trainer.train(resume_from_checkpoint=find_resume_checkpoint(config.resume_from_checkpoint, checkpoint_dir))
     losses = [entry["loss"] for entry in trainer.state.log_history if "loss" in entry]
     constant = constant_prediction_loss(positives, len(pairs), float(pos_weight))
-    # BCE stuck at a constant prediction's value: the cross-encoder learnt nothing (e.g. too few steps for a
-    # bi-encoder base). MD2PR's teacher check refuses it later; say so here, where the cause is.
-    learned = not losses or sum(losses[-3:]) / len(losses[-3:]) < 0.9 * constant
+    learned = loss_left_constant(losses, constant)
     if not learned:
+        # BCE stuck at a constant prediction's value: the cross-encoder learnt nothing (e.g. too few steps for a
+        # bi-encoder base). MD2PR's teacher check refuses it later; say so here, where the cause is.
         logger.warning(
-            "The cross-encoder's loss stayed at %.3f, a constant prediction's %.3f: it did not learn. Train more "
-            "steps or with a higher learning rate (a GPU makes that cheap), or use a trained cross-encoder.",
-            sum(losses[-3:]) / len(losses[-3:]),
+            "The cross-encoder's last logged losses stayed near %.3f, a constant prediction's: it did not learn. "
+            "Train more steps or with a higher learning rate (a GPU makes that cheap), or use a trained one.",
             constant,
         )
     details = {
@@ -267,6 +266,15 @@ def train_cross_encoder(
         "Cross-encoder teacher: %d pairs, %.0fs, saved to %s", len(pairs), details["train_seconds"], config.output_dir
     )
     return CrossEncoderTeacherResult(model=model, output_dir=Path(config.output_dir), details=details)
+
+
+def loss_left_constant(losses: Sequence[float], constant: float, window: int = 3, margin: float = 0.9) -> bool:
+    """Whether training learnt something: the mean of the last ``window`` logged losses is below ``margin`` times
+    the constant-prediction loss (``True`` when nothing was logged: no evidence either way)."""
+    if not losses:
+        return True
+    last = list(losses)[-window:]
+    return sum(last) / len(last) < margin * constant
 
 
 def constant_prediction_loss(positives: int, pairs: int, pos_weight: float) -> float:

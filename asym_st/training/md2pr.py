@@ -34,6 +34,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 from datasets import Dataset
 from sentence_transformers import SentenceTransformer, SentenceTransformerTrainer
 from sentence_transformers.cross_encoder import CrossEncoder
@@ -89,6 +90,8 @@ __all__ = [
     "build_rows",
     "load_cross_encoder_teacher",
     "md2pr",
+    "measure_teacher_signal",
+    "retriever_row_scores",
     "scored_rows",
 ]
 
@@ -123,14 +126,19 @@ def load_cross_encoder_teacher(
     record_file = folder / TEACHER_RECORD_FILE
     if record_file.is_file():
         record = json.loads(record_file.read_text())
-        wanted = {"train_dataset": teacher_config.train_dataset, "base_model": teacher_config.base_model}
-        wanted.update({key: getattr(teacher_config, key) for key in TEACHER_SETTINGS})
-        found = {key: record.get(key, record.get("config", {}).get(key)) for key in wanted}
-        if found != wanted:
-            changed = {key: (found[key], wanted[key]) for key in wanted if found[key] != wanted[key]}
+        fields = {"train_dataset": "teacher_train_dataset", "base_model": "cross_encoder_base", **TEACHER_SETTINGS}
+        changed = {
+            fields[key]: (record.get(key, record.get("config", {}).get(key)), getattr(teacher_config, key))
+            for key in fields
+            if record.get(key, record.get("config", {}).get(key)) != getattr(teacher_config, key)
+        }
+        if changed:
+            described = ", ".join(
+                f"{name}: trained with {old!r}, asked {new!r}" for name, (old, new) in changed.items()
+            )
             raise ConfigError(
-                f"cross_encoder_output_dir {folder} holds a cross-encoder trained with other settings "
-                f"(found, wanted: {changed}): delete it or set another cross_encoder_output_dir."
+                f"cross_encoder_output_dir {folder} holds a cross-encoder trained with other settings ({described}): "
+                "delete it or set another cross_encoder_output_dir."
             )
         logger.info("Reusing the cross-encoder teacher in %s.", folder)
         return CrossEncoder(str(folder)), {"cross_encoder": str(folder), "trained": False, "training": _brief(record)}
@@ -143,17 +151,17 @@ def load_cross_encoder_teacher(
     return trained.model, {"cross_encoder": str(folder), "trained": True, "training": _brief(trained.details)}
 
 
-#: Settings of the cross-encoder's training that a reused teacher folder must match (besides data and base).
-TEACHER_SETTINGS = (
-    "learning_rate",
-    "num_train_epochs",
-    "max_steps",
-    "num_negatives",
-    "num_candidates",
-    "max_length",
-    "per_device_train_batch_size",
-    "seed",
-)
+#: The cross-encoder's own training settings (record key → MD2PR config field) that a reused teacher folder must
+#: match, besides its data and base model. MD2PR's ``seed`` and ``num_candidates`` are left out on purpose: one
+#: teacher serves every seed and mining depth of an ablation.
+TEACHER_SETTINGS = {
+    "learning_rate": "cross_encoder_learning_rate",
+    "num_train_epochs": "cross_encoder_epochs",
+    "max_steps": "cross_encoder_max_steps",
+    "num_negatives": "cross_encoder_negatives",
+    "max_length": "cross_encoder_max_length",
+    "per_device_train_batch_size": "cross_encoder_batch_size",
+}
 
 
 def _teacher_config(config: MD2PRConfig) -> CrossEncoderTeacherConfig:
@@ -181,7 +189,7 @@ def _teacher_config(config: MD2PRConfig) -> CrossEncoderTeacherConfig:
 
 
 def _brief(record: Mapping[str, Any]) -> dict[str, Any]:
-    keys = ("base_model", "train_dataset", "training_queries", "training_pairs", "steps", "train_seconds")
+    keys = ("base_model", "train_dataset", "training_queries", "training_pairs", "steps", "train_seconds", "learned")
     return {key: record.get(key) for key in keys}
 
 
@@ -275,32 +283,46 @@ def _row_matrix(rows: MD2PRRows, pair_scores: np.ndarray) -> np.ndarray:
     return np.where(rows.columns < 0, np.nan, pair_scores[np.where(rows.columns < 0, 0, rows.columns)])
 
 
-def _teacher_signal(
+def retriever_row_scores(
+    rows: MD2PRRows,
+    retriever: SentenceTransformer,
+    train: RetrievalDataset,
+    cache: EmbeddingCache,
+    batch_size: int = 32,
+) -> np.ndarray:
+    """The retriever's score of every row's candidates (``rows × candidates``, ``nan`` in an empty slot), from the
+    embeddings mining cached (same texts, routes and order, so no re-encoding) and the retriever's own similarity
+    function (cosine, dot, euclidean, ...). Only the rows' pairs are gathered: the corpus matrix stays mapped."""
+    query_ids, doc_ids = list(train.queries), list(train.corpus)
+    encode = dict(batch_size=batch_size, show_progress_bar=False)
+    queries = cache.encode(retriever, [train.queries[q] for q in query_ids], route=QUERY_ROUTE, **encode)
+    documents = cache.encode(retriever, [train.corpus[d] for d in doc_ids], route=DOCUMENT_ROUTE, **encode)
+    query_row = {q: i for i, q in enumerate(query_ids)}
+    doc_row = {d: i for i, d in enumerate(doc_ids)}
+    pair_queries = torch.from_numpy(np.asarray(queries[[query_row[q] for q, _ in rows.pairs]], dtype=np.float32))
+    pair_documents = torch.from_numpy(np.asarray(documents[[doc_row[d] for _, d in rows.pairs]], dtype=np.float32))
+    pair_scores = retriever.similarity_pairwise(pair_queries, pair_documents).numpy()
+    return _row_matrix(rows, pair_scores)
+
+
+def measure_teacher_signal(
     rows: MD2PRRows,
     scores: np.ndarray,
     retriever: SentenceTransformer,
     train: RetrievalDataset,
     cache: EmbeddingCache,
     config: MD2PRConfig,
-) -> TeacherSignal:
-    """The cross-encoder's ranking of the rows against the retriever's (its embeddings: the cache entries that
-    mining wrote), at the sentence level's temperatures."""
-    query_ids, doc_ids = list(train.queries), list(train.corpus)
-    encode = dict(batch_size=config.teacher_batch_size, show_progress_bar=False)
-    queries = cache.encode(retriever, [train.queries[q] for q in query_ids], route=QUERY_ROUTE, **encode)
-    documents = cache.encode(retriever, [train.corpus[d] for d in doc_ids], route=DOCUMENT_ROUTE, **encode)
-    if str(retriever.similarity_fn_name) == "cosine":
-        queries = queries / np.linalg.norm(queries, axis=1, keepdims=True).clip(1e-12)
-        documents = documents / np.linalg.norm(documents, axis=1, keepdims=True).clip(1e-12)
-    query_row = {q: i for i, q in enumerate(query_ids)}
-    doc_row = {d: i for i, d in enumerate(doc_ids)}
-    pair_scores = np.einsum(
-        "pd,pd->p",
-        queries[[query_row[q] for q, _ in rows.pairs]],
-        documents[[doc_row[d] for _, d in rows.pairs]],
-    )
+) -> TeacherSignal | None:
+    """The cross-encoder's ranking of the rows against the retriever's at the sentence level's temperatures, or
+    ``None`` when no row has a negative to rank against."""
+    if not (rows.columns[:, 1:] >= 0).any():
+        logger.warning("No training row has a mined negative: the teacher's ranking cannot be measured.")
+        return None
     return teacher_signal(
-        _row_matrix(rows, scores), _row_matrix(rows, pair_scores), config.teacher_temperature, config.temperature
+        _row_matrix(rows, scores),
+        retriever_row_scores(rows, retriever, train, cache, config.teacher_batch_size),
+        config.teacher_temperature,
+        config.temperature,
     )
 
 
@@ -464,8 +486,9 @@ def md2pr(config: MD2PRConfig, callbacks: Sequence[TrainerCallback] = (), evalua
     with state.main_process_first():
         cross_encoder, teacher_facts = load_cross_encoder_teacher(config, teacher, excluded)
         rows, scores = scored_rows(config, teacher, cross_encoder, train, cache)
-        signal = _teacher_signal(rows, scores, teacher, train, cache, config)
-        require_useful_teacher(signal, teacher_facts["cross_encoder"], config.allow_weaker_teacher)
+        signal = measure_teacher_signal(rows, scores, teacher, train, cache, config)
+        if signal is not None:
+            require_useful_teacher(signal, teacher_facts["cross_encoder"], config.allow_weaker_teacher)
         attention = _attention(rows, cross_encoder, model, train, config) if word_level else None
     train_dataset = _dataset(rows, scores, train, word_level)
     candidate_filter = None
@@ -503,7 +526,7 @@ def md2pr(config: MD2PRConfig, callbacks: Sequence[TrainerCallback] = (), evalua
         "empty_negative_slots": int((rows.columns < 0).sum()),
         "skipped_no_positive": len(rows.skipped_no_positive),
         "teacher_positive_score_mean": float(np.mean(scores[rows.columns[:, 0]])),
-        "teacher_signal": signal.to_dict(),
+        "teacher_signal": signal.to_dict() if signal is not None else None,
         "word_level": word_level,
         "attention_pairs": len(attention) if attention is not None else 0,
         "false_negative_filter": candidate_filter.summary() if candidate_filter is not None else None,

@@ -10,7 +10,7 @@ from sentence_transformers.cross_encoder import CrossEncoder
 from asym_st.data.beir import load_beir
 from asym_st.data.teacher_scores import PairScorer
 from asym_st.training import CrossEncoderTeacherConfig, rerank_evaluation, train_cross_encoder
-from asym_st.training.cross_encoder_teacher import TEACHER_RECORD_FILE, cross_encoder_training_pairs
+from asym_st.training.cross_encoder_teacher import TEACHER_RECORD_FILE, cross_encoder_training_pairs, loss_left_constant
 
 
 class OracleScorer:
@@ -67,7 +67,9 @@ def test_trains_saves_and_measures_a_cross_encoder(tiny_teacher_path, beir, tmp_
     assert result.details["steps"] == 3 and any("loss" in entry for entry in result.details["log_history"])
     # 24 positives, 48 negatives, pos_weight 2: a constant logit 0 scores ln 2 · (2·24 + 48) / 72
     assert result.details["constant_prediction_loss"] == pytest.approx(math.log(2) * 96 / 72)
-    assert isinstance(result.details["learned"], bool)
+    assert result.details["learned"] is loss_left_constant(
+        [e["loss"] for e in result.details["log_history"] if "loss" in e], result.details["constant_prediction_loss"]
+    )
 
     loaded = CrossEncoder(str(tmp_path / "cross-encoder"))  # a plain sentence-transformers load
     assert loaded.num_labels == 1
@@ -138,3 +140,9 @@ def test_a_loss_stuck_at_a_constant_prediction_is_reported_as_not_learned(tiny_t
         result = train_cross_encoder(config)
     assert result.details["learned"] is False
     assert "did not learn" in caplog.text
+
+
+def test_learning_is_judged_on_the_last_logged_losses_against_the_constant_prediction():
+    assert loss_left_constant([1.1, 1.0, 0.5, 0.4, 0.3], constant=1.08) is True
+    assert loss_left_constant([1.1, 0.5, 1.05, 1.1, 1.0], constant=1.08) is False  # back at the constant
+    assert loss_left_constant([], constant=1.08) is True  # nothing logged: no evidence against

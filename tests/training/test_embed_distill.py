@@ -11,8 +11,8 @@ from asym_st import build_asymmetric_model, fingerprint_modules, tower_modules
 from asym_st.training import ConfigError, EmbedDistillConfig, embed_distill
 from asym_st.training.config_io import parse_recipe_args
 from asym_st.training.embed_distill import select_candidates
+from tests.conftest import LEAKED
 from tests.tiny_seq2seq import make_tiny_t5
-from tests.training.conftest import LEAKED
 
 REPO = Path(__file__).resolve().parents[2]
 

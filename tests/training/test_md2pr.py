@@ -11,10 +11,13 @@ from sentence_transformers import SentenceTransformer
 from sentence_transformers.cross_encoder import CrossEncoder
 
 from asym_st import build_asymmetric_model, fingerprint_modules, save_asymmetric_model, tower_modules
+from asym_st.data.beir import load_beir
+from asym_st.data.cache import EmbeddingCache
+from asym_st.data.mining import MiningConfig, mine_from_dataset
 from asym_st.sampling import DynamicFalseNegativeFilter, FalseNegativeFilterConfig
 from asym_st.training import ConfigError, MD2PRConfig, md2pr
-from asym_st.training.md2pr import FalseNegativeFilterCallback, build_rows
-from tests.training.conftest import LEAKED
+from asym_st.training.md2pr import FalseNegativeFilterCallback, build_rows, retriever_row_scores
+from tests.conftest import LEAKED
 
 
 @pytest.fixture(scope="module")
@@ -126,6 +129,7 @@ def test_full_md2pr_run_then_an_ablation_reusing_the_teacher(tiny_teacher_path, 
             word_weight=0.0,
             false_negative_filter=False,
             overwrite_output_dir=True,
+            seed=7,  # another seed of the ablation: the same teacher serves it
         ),
         evaluate=False,
     )
@@ -143,7 +147,9 @@ def test_full_md2pr_run_then_an_ablation_reusing_the_teacher(tiny_teacher_path, 
         cross_encoder_learning_rate=1e-3,
         overwrite_output_dir=True,
     )
-    with pytest.raises(ConfigError, match=r"other settings .*'learning_rate': \(2e-05, 0\.001\)"):
+    with pytest.raises(
+        ConfigError, match=r"other settings \(cross_encoder_learning_rate: trained with 2e-05, asked 0\.001\)"
+    ):
         md2pr(other)
 
 
@@ -240,3 +246,22 @@ def test_md2pr_refuses_an_inverted_teacher_before_training(
     with pytest.raises(ConfigError, match=r"first in 0\.0% of 24 training rows"):
         md2pr(config)
     assert not (tmp_path / "student").exists()
+
+
+def test_retriever_row_scores_are_the_scores_mining_ranked_by(tiny_teacher_path, labelled, tmp_path):
+    retriever = SentenceTransformer(str(tiny_teacher_path))
+    train = load_beir(labelled, split="train")
+    cache = EmbeddingCache(tmp_path / "cache")
+    candidates = mine_from_dataset(retriever, train, MiningConfig(top_k=5, include_texts=False), cache=cache)
+    rows = build_rows(candidates, num_negatives=3, seed=0)
+    scores = retriever_row_scores(rows, retriever, train, cache)  # from the cached embeddings, no re-encoding
+    mined = {
+        (row["query_id"], doc_id): score
+        for row in candidates
+        for doc_id, score in zip(row["candidate_ids"], row["candidate_scores"], strict=True)
+    }
+    negatives = [(r, c) for r in range(len(rows.query_ids)) for c in range(1, 4) if rows.columns[r, c] >= 0]
+    assert negatives
+    for r, c in negatives:
+        assert scores[r, c] == pytest.approx(mined[rows.pairs[rows.columns[r, c]]], abs=1e-5)
+    assert np.isfinite(scores[:, 0]).all()  # positives are scored too (mining leaves them out of the candidates)

@@ -8,7 +8,7 @@ from sentence_transformers import SentenceTransformer
 
 from asym_st import build_asymmetric_model, fingerprint_modules, save_asymmetric_model, tower_modules
 from asym_st.training import ConfigError, TASBalancedConfig, tas_balanced
-from tests.training.conftest import LEAKED
+from tests.conftest import LEAKED
 
 
 @pytest.fixture(scope="module")
