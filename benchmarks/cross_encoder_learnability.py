@@ -32,6 +32,7 @@ from asym_st.data.beir import RetrievalDataset, load_beir
 from asym_st.data.cache import EmbeddingCache
 from asym_st.data.mining import MiningConfig, mine_from_dataset
 from asym_st.training.cross_encoder_teacher import constant_prediction_loss, loss_left_constant
+from asym_st.training.md2pr import MD2PRRows, retriever_row_scores
 
 BASE = "sentence-transformers/all-MiniLM-L6-v2"
 NEGATIVES, HELD_OUT, RANKED = 4, 100, 7
@@ -73,18 +74,12 @@ def _cross_encoder_top1(model: CrossEncoder, train: RetrievalDataset, candidates
 
 
 def _bi_encoder_top1(train: RetrievalDataset, candidates: dict, held_out: list[str]) -> float:
-    """From the embeddings mining cached (same texts, so no re-encoding)."""
-    retriever, cache = SentenceTransformer(BASE), EmbeddingCache()
-    query_ids, doc_ids = list(train.queries), list(train.corpus)
-    queries = cache.encode(retriever, [train.queries[q] for q in query_ids], route="query", show_progress_bar=False)
-    documents = cache.encode(retriever, [train.corpus[d] for d in doc_ids], route="document", show_progress_bar=False)
-    query_row, doc_row = {q: i for i, q in enumerate(query_ids)}, {d: i for i, d in enumerate(doc_ids)}
-    hits = 0
-    for query_id in held_out:
-        ranked = torch.from_numpy(np.asarray(documents[[doc_row[d] for d in _ranked(candidates, query_id)]]))
-        query = torch.from_numpy(np.asarray(queries[query_row[query_id]]))[None]
-        hits += int(retriever.similarity(query, ranked).argmax().item() == 0)
-    return hits / len(held_out)
+    """The retriever's top-1 on the same rows, scored by MD2PR's own row scorer from the embeddings mining cached."""
+    pairs = [(query_id, doc_id) for query_id in held_out for doc_id in _ranked(candidates, query_id)]
+    columns = np.arange(len(pairs)).reshape(len(held_out), RANKED + 1)
+    rows = MD2PRRows(query_ids=list(held_out), pairs=pairs, columns=columns)
+    scores = retriever_row_scores(rows, SentenceTransformer(BASE), train, EmbeddingCache())
+    return float(np.mean(scores.argmax(axis=1) == 0))
 
 
 def run_variant(variant: str, args: argparse.Namespace, train, candidates, fit, held_out, workdir: str) -> dict:

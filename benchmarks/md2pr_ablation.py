@@ -60,6 +60,8 @@ from asym_st.evaluation.retention import retention_row
 from asym_st.evaluation.retrieval import RetrievalEvalConfig, evaluate_retrieval
 from asym_st.modeling import extract_tower, load_asymmetric_model
 from asym_st.training import MD2PRConfig, md2pr, rerank_evaluation
+from asym_st.training.cross_encoder_teacher import TEACHER_RECORD_FILE
+from asym_st.training.md2pr import teacher_training_brief
 from asym_st.training.trainer_setup import load_eval_dataset
 
 REPO = Path(__file__).resolve().parents[1]
@@ -116,7 +118,7 @@ def _teacher_rerank(base: MD2PRConfig, bi_encoder, dataset, top_k: int) -> dict:
         batch_size=base.teacher_batch_size,
         cache_dir=base.cache_dir,
     )
-    training = Path(cross_encoder) / "teacher_training.json"
+    training = Path(cross_encoder) / TEACHER_RECORD_FILE
     return {
         "cross_encoder": cross_encoder,
         "top_k": top_k,
@@ -124,13 +126,8 @@ def _teacher_rerank(base: MD2PRConfig, bi_encoder, dataset, top_k: int) -> dict:
         "retriever_ndcg_at_10": result.retriever["ndcg_at_10"],
         "recall_at_100": result.reranked["recall_at_100"],
         "seconds": round(time.perf_counter() - started, 1),
-        "training": _brief(json.loads(training.read_text())) if training.is_file() else None,
+        "training": teacher_training_brief(json.loads(training.read_text())) if training.is_file() else None,
     }
-
-
-def _brief(record: dict) -> dict:
-    keys = ("base_model", "train_dataset", "training_queries", "training_pairs", "steps", "train_seconds")
-    return {key: record.get(key) for key in keys}
 
 
 def run(base: MD2PRConfig, names: list[str], seeds: list[int], max_steps: int | None, reuse: bool, top_k: int) -> dict:

@@ -31,7 +31,8 @@ from asym_st.training.cross_encoder_teacher import (
     constant_prediction_loss,
     loss_left_constant,
 )
-from asym_st.training.md2pr import load_cross_encoder_teacher, measure_teacher_signal, scored_rows
+from asym_st.training.md2pr import load_cross_encoder_teacher, retriever_row_scores, row_scores, scored_rows
+from asym_st.training.teacher_signal import teacher_signal
 from asym_st.training.trainer_setup import build_student, evaluation_splits, labelled_training_split
 
 
@@ -47,15 +48,10 @@ def measure(config: MD2PRConfig, temperatures: list[float]) -> dict:
     cache = EmbeddingCache(Path(config.cache_dir) / "embeddings" if config.cache_dir else None)
     cross_encoder, facts = load_cross_encoder_teacher(config, teacher, excluded)
     rows, scores = scored_rows(config, teacher, cross_encoder, train, cache)
-    signals = [
-        {
-            "teacher_temperature": t,
-            **measure_teacher_signal(
-                rows, scores, teacher, train, cache, replace(config, teacher_temperature=t)
-            ).to_dict(),
-        }
-        for t in temperatures
-    ]
+    # Both score matrices are fixed; only the temperature changes between measurements.
+    teacher_rows = row_scores(rows, scores)
+    retriever_rows = retriever_row_scores(rows, teacher, train, cache, config.teacher_batch_size)
+    signals = [teacher_signal(teacher_rows, retriever_rows, t, config.temperature).to_dict() for t in temperatures]
     record_file = Path(facts["cross_encoder"]) / TEACHER_RECORD_FILE
     training = None
     if record_file.is_file():

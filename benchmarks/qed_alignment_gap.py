@@ -33,9 +33,11 @@ from collections import Counter
 from pathlib import Path
 
 import numpy as np
+import torch
 from results_io import RESULTS, hardware_line, write_results  # benchmarks/ is on sys.path when a benchmark runs
 from scipy import stats
 from sentence_transformers import SentenceTransformer
+from sentence_transformers.util import pairwise_cos_sim
 
 from asym_st import QueryTowerConfig, build_asymmetric_model, extract_tower
 from asym_st.data.beir import RetrievalDataset
@@ -45,6 +47,7 @@ from asym_st.data.query_sources import collect_training_queries, parse_query_sou
 from asym_st.evaluation.latency import hardware_description
 from asym_st.evaluation.retention import retention_report
 from asym_st.evaluation.retrieval import RetrievalEvalConfig, load_model
+from asym_st.evaluation.search import build_index, search
 from asym_st.training import QEDConfig
 from asym_st.training.trainer_setup import evaluation_splits, teacher_query_targets
 
@@ -64,21 +67,17 @@ NOTES = [
 ]
 
 
-def _unit(matrix: np.ndarray) -> np.ndarray:
-    matrix = np.asarray(matrix, dtype=np.float32)
-    return matrix / np.maximum(np.linalg.norm(matrix, axis=1, keepdims=True), 1e-12)
-
-
 def rowwise_cosine(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """Cosine between row i of ``a`` and row i of ``b``."""
-    return np.sum(_unit(a) * _unit(b), axis=1)
+    """Cosine between row i of ``a`` and row i of ``b`` (sentence-transformers' pairwise cosine)."""
+    a, b = (torch.from_numpy(np.asarray(m, dtype=np.float32)) for m in (a, b))
+    return pairwise_cos_sim(a, b).numpy()
 
 
 def nearest_neighbours(queries: np.ndarray, pool: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """For each query row: the highest cosine to any row of ``pool`` and that row's index."""
-    similarities = _unit(queries) @ _unit(pool).T
-    best = similarities.argmax(axis=1)
-    return similarities[np.arange(len(queries)), best], best
+    """For each query row: the highest cosine to any row of ``pool`` and that row's index (asym-st's exact faiss
+    search)."""
+    scores, indices = search(build_index(np.asarray(pool, dtype=np.float32)), np.asarray(queries), top_k=1)
+    return scores[:, 0], indices[:, 0]
 
 
 def _summary(values: np.ndarray) -> dict[str, float]:

@@ -92,7 +92,9 @@ __all__ = [
     "md2pr",
     "measure_teacher_signal",
     "retriever_row_scores",
+    "row_scores",
     "scored_rows",
+    "teacher_training_brief",
 ]
 
 logger = logging.getLogger(__name__)
@@ -141,14 +143,22 @@ def load_cross_encoder_teacher(
                 "delete it or set another cross_encoder_output_dir."
             )
         logger.info("Reusing the cross-encoder teacher in %s.", folder)
-        return CrossEncoder(str(folder)), {"cross_encoder": str(folder), "trained": False, "training": _brief(record)}
+        return CrossEncoder(str(folder)), {
+            "cross_encoder": str(folder),
+            "trained": False,
+            "training": teacher_training_brief(record),
+        }
     if distributed_state().num_processes > 1:
         raise ConfigError(
             f"No cross-encoder in {folder}, and training one needs a single process: run the recipe once without "
             "torchrun / accelerate launch (the cross-encoder is saved there and reused), or set cross_encoder."
         )
     trained = train_cross_encoder(teacher_config, retriever=retriever, excluded=excluded)
-    return trained.model, {"cross_encoder": str(folder), "trained": True, "training": _brief(trained.details)}
+    return trained.model, {
+        "cross_encoder": str(folder),
+        "trained": True,
+        "training": teacher_training_brief(trained.details),
+    }
 
 
 #: The cross-encoder's own training settings (record key → MD2PR config field) that a reused teacher folder must
@@ -188,7 +198,8 @@ def _teacher_config(config: MD2PRConfig) -> CrossEncoderTeacherConfig:
     )
 
 
-def _brief(record: Mapping[str, Any]) -> dict[str, Any]:
+def teacher_training_brief(record: Mapping[str, Any]) -> dict[str, Any]:
+    """The headline facts of a cross-encoder teacher's training record (``teacher_training.json``)."""
     keys = ("base_model", "train_dataset", "training_queries", "training_pairs", "steps", "train_seconds", "learned")
     return {key: record.get(key) for key in keys}
 
@@ -278,7 +289,7 @@ def _teacher_scores(
     )
 
 
-def _row_matrix(rows: MD2PRRows, pair_scores: np.ndarray) -> np.ndarray:
+def row_scores(rows: MD2PRRows, pair_scores: np.ndarray) -> np.ndarray:
     """``rows × candidates`` scores from per-pair scores, ``nan`` in an empty slot."""
     return np.where(rows.columns < 0, np.nan, pair_scores[np.where(rows.columns < 0, 0, rows.columns)])
 
@@ -302,7 +313,7 @@ def retriever_row_scores(
     pair_queries = torch.from_numpy(np.asarray(queries[[query_row[q] for q, _ in rows.pairs]], dtype=np.float32))
     pair_documents = torch.from_numpy(np.asarray(documents[[doc_row[d] for _, d in rows.pairs]], dtype=np.float32))
     pair_scores = retriever.similarity_pairwise(pair_queries, pair_documents).numpy()
-    return _row_matrix(rows, pair_scores)
+    return row_scores(rows, pair_scores)
 
 
 def measure_teacher_signal(
@@ -319,7 +330,7 @@ def measure_teacher_signal(
         logger.warning("No training row has a mined negative: the teacher's ranking cannot be measured.")
         return None
     return teacher_signal(
-        _row_matrix(rows, scores),
+        row_scores(rows, scores),
         retriever_row_scores(rows, retriever, train, cache, config.teacher_batch_size),
         config.teacher_temperature,
         config.temperature,
@@ -360,7 +371,7 @@ def _columns(num_negatives: int) -> list[str]:
 def _dataset(rows: MD2PRRows, scores: np.ndarray, train: RetrievalDataset, word_level: bool) -> Dataset:
     """Text columns (query, positive, negative_1..n; "" in an empty slot) and the label
     ``[scores (n+1) | attention rows (n+1)]`` (scores only without the word level), float64 so rows stay exact."""
-    label = _row_matrix(rows, scores.astype(np.float64))
+    label = row_scores(rows, scores.astype(np.float64))
     if word_level:
         label = np.concatenate([label, rows.columns.astype(np.float64)], axis=1)
     data: dict[str, Any] = {"query": [train.queries[q] for q in rows.query_ids]}

@@ -26,6 +26,14 @@ def _launch(launcher: str, recipe: str, arguments: list[str], tmp_path: Path) ->
     assert done.returncode == 0, done.stderr[-4000:]
 
 
+def _train(launcher: str, recipe: str, arguments: list[str], tmp_path: Path, name: str) -> dict:
+    """:func:`_launch` a training recipe without latency measurement, caching in ``tmp_path`` and saving to
+    ``tmp_path / name``; returns the saved training record."""
+    tail = ["--measure_latency", "false", "--cache_dir", str(tmp_path), "--output_dir", str(tmp_path / name)]
+    _launch(launcher, recipe, [*arguments, *tail], tmp_path)
+    return _record(tmp_path / name)
+
+
 def _record(folder: Path) -> dict:
     return json.loads((folder / "training_config.json").read_text())
 
@@ -53,12 +61,11 @@ def test_qed_under_torchrun_matches_one_process(tiny_teacher_path, queries, tmp_
     from asym_st import build_asymmetric_model
 
     common = ["--teacher", str(tiny_teacher_path), "--train_queries", str(queries), "--max_steps", "4"]
-    common += ["--warmup_ratio", "0", "--measure_latency", "false", "--cache_dir", str(tmp_path)]
-    _launch("torchrun", "qed.py", [*common, "--per_device_train_batch_size", "8", "--output_dir", "ddp"], tmp_path)
-    _launch("python", "qed.py", [*common, "--per_device_train_batch_size", "16", "--output_dir", "one"], tmp_path)
-    record = _record(tmp_path / "ddp")
+    common += ["--warmup_ratio", "0"]
+    record = _train("torchrun", "qed.py", [*common, "--per_device_train_batch_size", "8"], tmp_path, "ddp")
+    one = _train("python", "qed.py", [*common, "--per_device_train_batch_size", "16"], tmp_path, "one")
     # 64 queries, 8 per rank and step: 2 ranks see the whole set in 4 steps (one process would need 8).
-    assert record["num_processes"] == 2 and _record(tmp_path / "one")["num_processes"] == 1
+    assert record["num_processes"] == 2 and one["num_processes"] == 1
     assert _last_epoch(record) == pytest.approx(1.0)
     # 2 ranks x 8 with averaged gradients = 1 process x 16: the same batches, the same model.
     texts = queries.read_text().split("\n")[:16]
@@ -72,10 +79,8 @@ def test_qed_under_torchrun_matches_one_process(tiny_teacher_path, queries, tmp_
 def test_tas_balanced_under_accelerate_launch(tiny_teacher_path, beir, tmp_path):
     arguments = ["--teacher", str(tiny_teacher_path), "--train_dataset", f"{beir}:train"]
     arguments += ["--eval_datasets", f"{beir}:test", "--num_candidates", "5", "--num_clusters", "2"]
-    arguments += ["--per_device_train_batch_size", "4", "--max_steps", "3", "--measure_latency", "false"]
-    arguments += ["--cache_dir", str(tmp_path), "--output_dir", str(tmp_path / "tas")]
-    _launch("accelerate", "tas_balanced.py", arguments, tmp_path)
-    record = _record(tmp_path / "tas")
+    arguments += ["--per_device_train_batch_size", "4", "--max_steps", "3"]
+    record = _train("accelerate", "tas_balanced.py", arguments, tmp_path, "tas")
     assert record["num_processes"] == 2 and record["method"] == "TAS-Balanced"
     # one cluster file, written by the main process and read by the other rank
     assert len(list((tmp_path / "tas.checkpoints").glob("clusters-*.npz"))) == 1
@@ -86,9 +91,7 @@ def test_embed_distill_under_torchrun(tiny_teacher_path, beir, tmp_path):
     arguments = ["--teacher", str(tiny_teacher_path), "--train_queries", f"{beir}:train"]
     arguments += ["--generate_queries_from", str(beir), "--candidate_corpora", str(beir), "--num_candidates", "3"]
     arguments += ["--eval_datasets", f"{beir}:test", "--per_device_train_batch_size", "4", "--max_steps", "3"]
-    arguments += ["--measure_latency", "false", "--cache_dir", str(tmp_path), "--output_dir", str(tmp_path / "ed")]
-    _launch("torchrun", "embed_distill.py", arguments, tmp_path)
-    record = _record(tmp_path / "ed")
+    record = _train("torchrun", "embed_distill.py", arguments, tmp_path, "ed")
     assert record["num_processes"] == 2 and record["method"] == "EmbedDistill"
 
 
@@ -97,9 +100,7 @@ def test_daft_both_stages_under_torchrun(tiny_teacher_path, beir, tmp_path):
     arguments += ["--eval_datasets", f"{beir}:test", "--dev_holdout_queries", "4", "--heldout_texts", "20"]
     arguments += ["--align_max_steps", "4", "--finetune_max_steps", "4", "--align_eval_steps", "2"]
     arguments += ["--finetune_eval_steps", "2", "--align_batch_size", "4", "--finetune_batch_size", "4"]
-    arguments += ["--measure_latency", "false", "--cache_dir", str(tmp_path), "--output_dir", str(tmp_path / "daft")]
-    _launch("torchrun", "daft.py", arguments, tmp_path)
-    record = _record(tmp_path / "daft")
+    record = _train("torchrun", "daft.py", arguments, tmp_path, "daft")
     assert record["num_processes"] == 2 and record["method"] == "DAFT"
 
 
@@ -113,9 +114,7 @@ def test_md2pr_under_torchrun_with_a_given_cross_encoder(tiny_teacher_path, beir
     arguments += ["--allow_weaker_teacher", "true"]  # a random head: plumbing, not a useful teacher
     arguments += ["--num_candidates", "5", "--num_negatives", "3", "--passage_max_length", "16"]
     arguments += ["--per_device_train_batch_size", "4", "--max_steps", "3", "--fn_schedule", "step"]
-    arguments += ["--measure_latency", "false", "--cache_dir", str(tmp_path), "--output_dir", str(tmp_path / "md2pr")]
-    _launch("torchrun", "md2pr.py", arguments, tmp_path)
-    record = _record(tmp_path / "md2pr")
+    record = _train("torchrun", "md2pr.py", arguments, tmp_path, "md2pr")
     assert record["num_processes"] == 2 and record["method"] == "MD2PR"
     # the word level ran on both ranks: the summaries written once, by the main process, and read by both
     assert record["word_level"] is True and record["attention_pairs"] > 0
