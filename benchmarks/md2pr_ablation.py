@@ -99,11 +99,18 @@ def _variant_config(base: MD2PRConfig, name: str, seed: int, max_steps: int | No
 
 
 def _trained(config: MD2PRConfig, reuse: bool) -> dict:
+    """The row's training record: a finished run in its folder when ``reuse`` and it distilled this teacher, else a
+    new training (its checkpoints resume only a run of the same settings: ``find_resume_checkpoint``)."""
     folder = Path(config.output_dir)
-    if not (reuse and (folder / "training_config.json").is_file()):
-        started = time.perf_counter()
-        md2pr(config, evaluate=False)  # evaluated below, with the other rows, on the same settings
-        print(f"{folder.name}: trained in {time.perf_counter() - started:.0f}s", file=sys.stderr)
+    teacher = config.cross_encoder or config.resolved_cross_encoder_dir
+    if reuse and (folder / "training_config.json").is_file():
+        record = load_results(folder)["training_config"]
+        if record.get("cross_encoder") == teacher:
+            return record
+        print(f"{folder.name}: distilled {record.get('cross_encoder')}, not {teacher}: training again", file=sys.stderr)
+    started = time.perf_counter()
+    md2pr(config, evaluate=False)  # evaluated below, with the other rows, on the same settings
+    print(f"{folder.name}: trained in {time.perf_counter() - started:.0f}s", file=sys.stderr)
     return load_results(folder)["training_config"]
 
 

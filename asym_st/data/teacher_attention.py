@@ -6,9 +6,9 @@ tokens attends to each of the passage's ``k`` content tokens when a cross-encode
 **Aggregation** (``AttentionConfig``): ``a = mean over the chosen layers ℓ and heads h of attn[ℓ, h]`` (each
 ``attn[ℓ, h]`` a row-stochastic ``L × L`` matrix over the whole input), then the query→passage block (query
 content rows, passage content columns; special tokens and padding excluded) is **row-normalised** over the passage:
-``A_ij = a_ij / Σ_j' a_ij'``. Default layers: the last one; default heads: all. (The MD2PR paper distils "the
-cross-encoder's attention between query and passage words"; its exact layer/head choice is not reproduced here,
-so the choice is a setting.)
+``A_ij = a_ij / Σ_j' a_ij'``. Default layers: the last one; default heads: all. (The MD2PR paper's abstract says
+only that the cross-encoder gives the "word similarities" the dual encoder learns from; its body, with the exact
+layers, heads and normalisation, was not reachable offline, so these are this library's choices and are settings.)
 
 **Alignment**: the pair's input is built from the *student towers' own content tokens* (the query tower's
 tokenization of the query, the document tower's of the passage, truncated as in training), wrapped in the

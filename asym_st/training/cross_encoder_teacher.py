@@ -44,7 +44,12 @@ from asym_st.data.teacher_scores import CrossEncoderScorer, PairScorer, ScoreCac
 from asym_st.evaluation.metrics import compute_metrics
 from asym_st.evaluation.retrieval import RetrievalEvalConfig, evaluate_retrieval, model_name
 from asym_st.modeling import load_sentence_transformer
-from asym_st.training.trainer_setup import accelerator_available, find_resume_checkpoint, labelled_training_split
+from asym_st.training.trainer_setup import (
+    accelerator_available,
+    find_resume_checkpoint,
+    labelled_training_split,
+    training_identity,
+)
 from asym_st.utils.io import atomic_directory, atomic_write_json
 
 __all__ = [
@@ -232,7 +237,11 @@ def train_cross_encoder(
         use_cpu=not accelerator_available(),
     )
     trainer = CrossEncoderTrainer(model=model, args=args, train_dataset=pairs, loss=loss)
-    trainer.train(resume_from_checkpoint=find_resume_checkpoint(config.resume_from_checkpoint, checkpoint_dir))
+    trainer.train(
+        resume_from_checkpoint=find_resume_checkpoint(
+            config.resume_from_checkpoint, checkpoint_dir, identity=training_identity(config)
+        )
+    )
     losses = [entry["loss"] for entry in trainer.state.log_history if "loss" in entry]
     constant = constant_prediction_loss(positives, len(pairs), float(pos_weight))
     learned = loss_left_constant(losses, constant)

@@ -37,7 +37,9 @@ class MD2PRConfig(QEDConfig):
        ``word_weight: 0`` turns the word level off;
     5. **dynamic false-negative filter** (``false_negative_filter``): negatives scored above the ``fn_quantile``
        quantile of the positives' teacher scores leave the sentence-level softmax; the threshold is recomputed
-       every epoch or step (``fn_schedule``) and may move to ``fn_final_quantile``.
+       every epoch or step (``fn_schedule``) while it moves from ``fn_quantile`` to ``fn_final_quantile``. The word
+       level still sees the dropped negatives: the teacher's token interactions on a pair do not depend on its label.
+       Negatives are mined once, before training (no re-mining between iterations).
 
     Temperatures: the student's scores are cosines in [-1, 1] and the cross-encoder's logits span several units;
     at the KL's optimum ``s / temperature = t / teacher_temperature`` (+ a constant per row), so only the ratio sets
@@ -88,9 +90,11 @@ class MD2PRConfig(QEDConfig):
     attention_heads: list[int] | None = field(default=None, metadata={"help": "heads averaged (default: all)"})
 
     false_negative_filter: bool = field(default=True, metadata={"help": "drop negatives scored like positives"})
-    fn_quantile: float = field(default=0.5, metadata={"help": "quantile of positive teacher scores (threshold)"})
+    # The default threshold moves (0.75 → 0.5 quantile): the teacher scores are cached once, so a constant quantile
+    # would give the same threshold every epoch, a static filter, where MD2PR updates it over training iterations.
+    fn_quantile: float = field(default=0.75, metadata={"help": "quantile of positive teacher scores (threshold)"})
     fn_final_quantile: float | None = field(
-        default=None, metadata={"help": "quantile at the last epoch/step (linear schedule; default: constant)"}
+        default=0.5, metadata={"help": "quantile at the last epoch/step (linear schedule; null: constant)"}
     )
     fn_schedule: str = field(default="epoch", metadata={"help": "recompute the threshold every epoch | step"})
     fn_pool: str = field(default="all", metadata={"help": "positives the quantile is over: all | batch"})

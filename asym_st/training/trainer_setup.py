@@ -6,6 +6,7 @@ QED, EmbedDistill, DAFT and TAS-Balanced all call these, so that a flag means th
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
@@ -32,6 +33,8 @@ from asym_st.modeling import (
     freeze_tower,
     load_asymmetric_model,
 )
+from asym_st.training.config_io import ConfigError
+from asym_st.utils.io import atomic_write_json
 
 __all__ = [
     "distributed_state",
@@ -45,6 +48,8 @@ __all__ = [
     "teacher_query_targets",
     "training_arguments",
     "resume_checkpoint",
+    "find_resume_checkpoint",
+    "training_identity",
     "last_complete_checkpoint",
 ]
 
@@ -211,24 +216,108 @@ def training_arguments(
 
 
 def resume_checkpoint(config: OptimisationSettings) -> str | None:
-    """The checkpoint ``config``'s training resumes from (see :func:`find_resume_checkpoint`)."""
-    return find_resume_checkpoint(config.resume_from_checkpoint, config.resolved_checkpoint_dir)
+    """The checkpoint ``config``'s training resumes from (see :func:`find_resume_checkpoint`); the checkpoints must
+    come from a run with the same training settings (:func:`training_identity`)."""
+    return find_resume_checkpoint(
+        config.resume_from_checkpoint, config.resolved_checkpoint_dir, identity=training_identity(config)
+    )
 
 
-def find_resume_checkpoint(setting: str | None, checkpoint_dir: str | os.PathLike) -> str | None:
-    """``resume_from_checkpoint``: ``"auto"`` → the last checkpoint in ``checkpoint_dir`` (or ``None``), a path
-    → that path (which must exist), ``None``/``"none"`` → start afresh."""
-    if setting in (None, "", "none"):
+RUN_SETTINGS_FILE = "run_settings.json"
+
+# Fields that change how a run is driven, logged or evaluated, not what it trains: a resumed run may change them
+# (e.g. more epochs or steps to extend a finished run, another evaluation set).
+OPERATIONAL_FIELDS = frozenset(
+    {
+        "resume_from_checkpoint",
+        "output_dir",
+        "checkpoint_dir",
+        "resolved_checkpoint_dir",
+        "overwrite_output_dir",
+        "overwrite",
+        "num_train_epochs",
+        "max_steps",
+        "logging_steps",
+        "save_steps",
+        "eval_steps",
+        "save_total_limit",
+        "report_to",
+        "eval_datasets",
+        "eval_max_queries",
+        "eval_max_documents",
+        "dev_max_queries",
+        "dev_max_documents",
+        "measure_latency",
+        "latency_queries",
+        "teacher_batch_size",
+        "batch_size",
+        "cache_dir",
+        "allow_weaker_teacher",
+    }
+)
+
+
+def training_identity(config: Any) -> dict[str, Any] | None:
+    """The settings that decide what a run trains: ``config``'s fields (a dataclass) minus
+    :data:`OPERATIONAL_FIELDS`, JSON-normalised; ``None`` for an object that is not a dataclass."""
+    if hasattr(config, "to_dict"):
+        data = config.to_dict()
+    elif dataclasses.is_dataclass(config) and not isinstance(config, type):
+        data = dataclasses.asdict(config)
+    else:
         return None
-    if setting == "auto":
-        folder = Path(checkpoint_dir)
-        last = last_complete_checkpoint(folder) if folder.is_dir() else None
-        if last:
-            logger.info("Resuming from %s", last)
-        return last
-    if not Path(setting).is_dir():
+    kept = {key: value for key, value in data.items() if key not in OPERATIONAL_FIELDS}
+    return json.loads(json.dumps(kept, sort_keys=True, default=str))
+
+
+def find_resume_checkpoint(
+    setting: str | None, checkpoint_dir: str | os.PathLike, identity: dict[str, Any] | None = None
+) -> str | None:
+    """``resume_from_checkpoint``: ``"auto"`` → the last checkpoint in ``checkpoint_dir`` (or ``None``), a path
+    → that path (which must exist), ``None``/``"none"`` → start afresh.
+
+    With ``identity`` (:func:`training_identity`), the run's settings are stamped into ``checkpoint_dir`` (main
+    process), and ``"auto"`` refuses checkpoints stamped by a run with other settings: the Trainer would silently
+    continue the other run (its weights, optimiser and schedule) under the new settings. Checkpoints written before
+    stamps existed resume with a warning.
+    """
+    folder = Path(checkpoint_dir)
+    if setting in (None, "", "none"):
+        found = None
+    elif setting == "auto":
+        found = last_complete_checkpoint(folder) if folder.is_dir() else None
+        if found and identity is not None:
+            _require_same_run(folder, identity)
+        if found:
+            logger.info("Resuming from %s", found)
+    elif not Path(setting).is_dir():
         raise FileNotFoundError(f"resume_from_checkpoint: {setting} does not exist.")
-    return setting
+    else:
+        found = setting
+    if identity is not None and PartialState().is_main_process:
+        atomic_write_json(folder / RUN_SETTINGS_FILE, identity)
+    return found
+
+
+def _require_same_run(folder: Path, identity: dict[str, Any]) -> None:
+    stamp = folder / RUN_SETTINGS_FILE
+    try:
+        stamped = json.loads(stamp.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        logger.warning(
+            "%s has no %s (written before stamps): resuming without checking its settings.", folder, stamp.name
+        )
+        return
+    except ValueError as error:
+        raise ConfigError(f"{stamp}: unreadable ({error}); delete it to resume without the check.") from error
+    changed = sorted(key for key in set(stamped) | set(identity) if stamped.get(key) != identity.get(key))
+    if changed:
+        details = "; ".join(f"{key}: {stamped.get(key)!r} there, {identity.get(key)!r} now" for key in changed[:6])
+        raise ConfigError(
+            f"{folder} holds the checkpoints of a run with other settings ({details}). "
+            "Set resume_from_checkpoint: none to start afresh (its checkpoints get overwritten), "
+            "or choose another output_dir / checkpoint_dir."
+        )
 
 
 def last_complete_checkpoint(folder: str | os.PathLike) -> str | None:
