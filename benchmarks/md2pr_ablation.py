@@ -182,6 +182,7 @@ def _row(name: str, results: list, records: list[dict], qed, teacher) -> dict:
         "fn_dropped": [f.get("dropped_negatives") for f in filters if f],
         "fn_seen": [f.get("seen_negatives") for f in filters if f],
         "last_logged_loss": [rec.get("last_logged_loss") for rec in records],
+        "teacher_signal": records[0].get("teacher_signal") if records else None,
     }
 
 
@@ -282,6 +283,18 @@ def to_markdown(result: dict) -> str:
         lines.append("- cross-encoder reranking: not measured in this run (`--rerank-top-k 0`)")
     if cross and cross.get("training"):
         lines.append(f"- cross-encoder training: {cross['training']}")
+    signal = next((row["teacher_signal"] for row in rows if row.get("teacher_signal")), None)
+    if signal:
+        ratio = signal["implied_spread_ratio"]
+        lines.append(
+            f"- teacher signal on the {signal['rows']} training rows ({signal['candidates']} candidates each): the "
+            f"cross-encoder ranks the judged positive first in {100 * signal['teacher_top1']:.1f}% of rows, the "
+            f"bi-encoder that mined them in {100 * signal['retriever_top1']:.1f}%, chance "
+            f"{100 * signal['chance_top1']:.1f}%; at teacher_temperature {signal['teacher_temperature']:g} its target "
+            f"changes the student's score gaps {'?' if ratio is None else f'{ratio:.2g}'}-fold"
+        )
+    if result.get("allow_weaker_teacher"):
+        lines.append("- run with `--allow-weaker-teacher`: MD2PR's teacher check was overridden")
     filtered = rows[-1]
     if filtered["fn_seen"]:
         lines.append(
@@ -304,6 +317,11 @@ def main() -> None:
         "--rerank-top-k", type=int, default=100, help="documents the cross-encoder reranks (0: skip, it takes ~1 h)"
     )
     parser.add_argument("--cross-encoder", help="a trained cross-encoder folder (default: the config's teacher)")
+    parser.add_argument(
+        "--allow-weaker-teacher",
+        action="store_true",
+        help="distil a teacher that MD2PR's check refuses (it ranks worse than the retriever): report what it does",
+    )
     parser.add_argument("--note", default="", help="a paragraph added to the report (what the run stands for)")
     parser.add_argument("--reuse", action="store_true", help="reuse finished runs found in the output folders")
     parser.add_argument("--smoke", action="store_true", help="tiny sub-samples, 2 steps, temporary folder")
@@ -314,6 +332,8 @@ def main() -> None:
     base = MD2PRConfig.from_yaml(args.config)
     if args.cross_encoder:
         base = replace(base, cross_encoder=args.cross_encoder)
+    if args.allow_weaker_teacher:
+        base = replace(base, allow_weaker_teacher=True)
     target = RESULTS
     if args.smoke:
         target = Path(args.smoke_dir or tempfile.mkdtemp(prefix="md2pr_smoke_"))
@@ -336,6 +356,7 @@ def main() -> None:
         batch_size=base.per_device_train_batch_size,
         config=base.to_dict(),
         note=args.note,
+        allow_weaker_teacher=base.allow_weaker_teacher,
     )
     write_results(args.name, result, to_markdown(result), folder=target)
     print(to_markdown(result))
