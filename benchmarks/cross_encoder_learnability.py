@@ -1,6 +1,6 @@
 """Does a cross-encoder built from all-MiniLM-L6-v2 learn SciFact relevance within a CPU-sized step budget?
 
-MD2PR's first SciFact teacher (1 epoch at 2e-5) did not learn (benchmarks/results/md2pr_teacher_signal.md). This
+MD2PR's first SciFact teacher (1 epoch at 2e-5) did not learn (benchmarks/results/md2pr_teacher_signal_first_teacher.md). This
 benchmark separates the causes on a held-out split of SciFact's train queries: the same encoder and loss as
 ``train_cross_encoder`` (sentence-transformers' ``CrossEncoderTrainer`` with ``BinaryCrossEntropyLoss``, positives
 up-weighted), trained on (query, positive, 4 negatives) rows whose negatives are either the retriever's hard ones

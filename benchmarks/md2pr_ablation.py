@@ -23,7 +23,7 @@ must exist: ``python recipes/qed.py --config recipes/configs/qed_minilm.yaml``):
 
 No table yet. The first attempt (2026-11-22/23, this CPU) trained the cross-encoder for one epoch at 2e-5 (260 steps,
 103 min): it did not learn (its loss stayed at a constant prediction's, and it ranks its own training positives
-first less often than the bi-encoder; see benchmarks/results/md2pr_teacher_signal.md), and distilling it took the
+first less often than the bi-encoder; see benchmarks/results/md2pr_teacher_signal_first_teacher.md), and distilling it took the
 QED student from 62.78 to 48.46 nDCG@10 (benchmarks/results/md2pr_ablation_first_teacher.md). MD2PR now refuses
 such a teacher, so the rows wait for one that learns
 (trained longer, on a GPU, or a Hub cross-encoder). Cost on the shared 2-core CPU: the teacher's reranking of

@@ -11,7 +11,7 @@ each row's candidates. Two failures make that harmful, and neither shows in the 
   is pulled toward the same score (the ranking flattens; at the limit the target is uniform); when it is far above,
   cosines are stretched beyond what they can express.
 
-Both were measured on SciFact with a cross-encoder that did not learn (``benchmarks/results/md2pr_teacher_signal.md``):
+Both were measured on SciFact with a cross-encoder that did not learn (``benchmarks/results/md2pr_teacher_signal_first_teacher.md``):
 it ranked its own training positives first in 45.8% of rows against the retriever's 66.4%, and at
 ``teacher_temperature`` 20 its target was uniform; sentence-level distillation from it lowered the QED student's
 nDCG@10 from 62.78 to 48.46.
