@@ -414,7 +414,9 @@ def test_training_pipelines_save_safetensors_only(tiny_teacher_path, beir, tmp_p
     _assert_safetensors_only(Path(qed.output_dir))
     # Checkpoints hold the model as safetensors too; the Trainer's optimiser / scheduler / RNG states are torch
     # files that transformers reads back with weights_only=True (docs/security.md).
-    for checkpoint in Path(qed.resolved_checkpoint_dir).iterdir():
+    checkpoints = list(Path(qed.resolved_checkpoint_dir).glob("checkpoint-*"))  # beside them: run_settings.json
+    assert checkpoints
+    for checkpoint in checkpoints:
         assert (checkpoint / "model.safetensors").is_file() or list(checkpoint.rglob("*.safetensors")), checkpoint
         assert not [p for p in checkpoint.rglob("*") if p.suffix in (".pkl", ".pickle", ".joblib")]
 
