@@ -260,13 +260,9 @@ OPERATIONAL_FIELDS = frozenset(
 def training_identity(config: Any) -> dict[str, Any] | None:
     """The settings that decide what a run trains: ``config``'s fields (a dataclass) minus
     :data:`OPERATIONAL_FIELDS`, JSON-normalised; ``None`` for an object that is not a dataclass."""
-    if hasattr(config, "to_dict"):
-        data = config.to_dict()
-    elif dataclasses.is_dataclass(config) and not isinstance(config, type):
-        data = dataclasses.asdict(config)
-    else:
+    if not dataclasses.is_dataclass(config) or isinstance(config, type):
         return None
-    kept = {key: value for key, value in data.items() if key not in OPERATIONAL_FIELDS}
+    kept = {key: value for key, value in dataclasses.asdict(config).items() if key not in OPERATIONAL_FIELDS}
     return json.loads(json.dumps(kept, sort_keys=True, default=str))
 
 
@@ -294,7 +290,7 @@ def find_resume_checkpoint(
         raise FileNotFoundError(f"resume_from_checkpoint: {setting} does not exist.")
     else:
         found = setting
-    if identity is not None and PartialState().is_main_process:
+    if identity is not None and distributed_state().is_main_process:
         atomic_write_json(folder / RUN_SETTINGS_FILE, identity)
     return found
 
