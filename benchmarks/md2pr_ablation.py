@@ -34,7 +34,9 @@ The sentence level lifts the QED student from 62.78 to 64.96 nDCG@10 (p 0.013); 
 it to 35.74 (its KL is ~200x the sentence term's and dominates); the filter then drops 99 of 11,298 negatives and
 changes nothing measurable. The teacher reranking the bi-encoder's top 100 of SciFact test scores 61.22, below the
 bi-encoder's 64.51: it ranks its 807 training queries' candidates better than the bi-encoder, unseen queries worse; the
-sentence level gains from it all the same. The first teacher (1 epoch at 2e-5) did not learn; its rows are in
+sentence level gains from it all the same. At ``--word-weight 0.01`` (md2pr_ablation_word_weight_0.01.md) the word
+level still hurts (59.52, 5.4 below the sentence level alone), and the filter on the sentence level alone changes
+nothing (64.92 vs 64.96). The first teacher (1 epoch at 2e-5) did not learn; its rows are in
 md2pr_ablation_first_teacher.md. Cost on the shared 2-core CPU: the teacher's reranking of SciFact test's top 100
 (30,000 pairs at up to 256 tokens) takes about an hour (its scores are cached in shards: an interrupted run resumes);
 each trained row is ~100 steps, ~12 min.
@@ -311,7 +313,7 @@ def to_markdown(result: dict) -> str:
         lines.append(
             f"- cross-encoder `{cross['cross_encoder']}` reranking the bi-encoder's top {cross['top_k']}: nDCG@10 "
             f"{100 * cross['ndcg_at_10']:.2f} (first stage {100 * cross['retriever_ndcg_at_10']:.2f}; "
-            f"{cross['seconds']:.0f}s)"
+            f"{cross['seconds']:.0f}s in this run: scores cached by an earlier run are read, not recomputed)"
         )
     else:
         lines.append("- cross-encoder reranking: not measured in this run (`--rerank-top-k 0`)")
